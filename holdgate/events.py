@@ -1,0 +1,287 @@
+"""Wire types: what agent runtimes publish and what executors receive.
+
+Frozen dataclasses with a `schema_version`, encoded with orjson.  Validation is
+strict and every error names its field, because the producer is often a runtime
+in another language whose author only sees the dead-letter record.  JSON Schema
+twins of these types live in `holdgate/schemas/` (checked against this module by
+the tests) so non-Python runtimes can validate before publishing.
+
+Values in `context` and resource attributes are restricted to what Cedar can
+represent (strings, integers, booleans, lists and records): a float or null
+would only surface later as a policy evaluation error, so it is refused here
+with a message that says what to send instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping
+
+import orjson
+
+from holdgate.errors import ValidationError
+
+__all__ = [
+    "SCHEMA_VERSION", "MAX_RECORD_BYTES", "Resource", "ActionRequest", "Reason",
+    "Verdict", "Decision", "decode_request", "encode", "decode_verdict",
+    "action_digest", "new_request_id",
+]
+
+SCHEMA_VERSION = 1
+MAX_RECORD_BYTES = 64 * 1024
+MAX_DEPTH = 8
+Decision = Literal["allow", "deny"]
+
+_AGENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
+_ID_MAX = 256
+_REQUEST_FIELDS = frozenset(
+    {"schema_version", "request_id", "agent_id", "action", "resource", "context", "occurred_at"})
+_RESOURCE_FIELDS = frozenset({"type", "id", "attributes"})
+
+
+def _fail(path: str, message: str) -> ValidationError:
+    return ValidationError(path, message)
+
+
+def _check_cedar_value(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse values Cedar cannot hold, at the exact path, before Cedar sees them."""
+    if depth > MAX_DEPTH:
+        raise _fail(path, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool) or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise _fail(path, "integer outside Cedar's 64-bit range")
+        return
+    if isinstance(value, float):
+        raise _fail(path, "floats are not allowed (Cedar has no floating point); "
+                          "send an integer in smaller units (cents, basis points) or a string")
+    if value is None:
+        raise _fail(path, "null is not allowed; omit the key instead")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_cedar_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_cedar_value(item, f"{path}.{key}", depth + 1)
+        return
+    raise _fail(path, f"unsupported type {type(value).__name__}")
+
+
+def _require_str(obj: Mapping[str, Any], key: str, path: str) -> str:
+    if key not in obj:
+        raise _fail(path, "is required")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _fail(path, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _require_time(obj: Mapping[str, Any], key: str, path: str) -> float:
+    if key not in obj:
+        raise _fail(path, "is required")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, "must be a number of seconds since the Unix epoch")
+    if not 0 < value < 1e11:
+        raise _fail(path, "is not a plausible Unix time in seconds (milliseconds sent?)")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """The typed thing an action touches; `type` must be an entity type of the policy schema."""
+
+    type: str
+    id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_obj(cls, obj: Any, path: str = "resource") -> Resource:
+        if not isinstance(obj, dict):
+            raise _fail(path, "must be an object with type and id")
+        unknown = set(obj) - _RESOURCE_FIELDS
+        if unknown:
+            raise _fail(f"{path}.{sorted(unknown)[0]}", "unknown field")
+        rtype = _require_str(obj, "type", f"{path}.type")
+        if not _TYPE_RE.match(rtype):
+            raise _fail(f"{path}.type", "must be a CamelCase entity type such as 'Invoice'")
+        rid = _require_str(obj, "id", f"{path}.id")
+        if not rid or len(rid) > _ID_MAX:
+            raise _fail(f"{path}.id", f"must be 1..{_ID_MAX} characters")
+        attrs = obj.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise _fail(f"{path}.attributes", "must be an object")
+        _check_cedar_value(attrs, f"{path}.attributes")
+        return cls(type=rtype, id=rid, attributes=attrs)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "attributes": self.attributes}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """One intended action, published by the runtime *before* it executes."""
+
+    request_id: str
+    agent_id: str
+    action: str
+    resource: Resource
+    context: dict[str, Any]
+    occurred_at: float
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def create(cls, *, agent_id: str, action: str, resource: Resource | Mapping[str, Any],
+               context: Mapping[str, Any] | None = None, occurred_at: float | None = None,
+               request_id: str | None = None) -> ActionRequest:
+        """Build and validate a request the way the SDK does (fresh id, wall-clock time)."""
+        res = resource.to_obj() if isinstance(resource, Resource) else dict(resource)
+        return cls.from_obj({
+            "schema_version": SCHEMA_VERSION,
+            "request_id": request_id or new_request_id(),
+            "agent_id": agent_id, "action": action, "resource": res,
+            "context": dict(context or {}),
+            "occurred_at": time.time() if occurred_at is None else occurred_at,
+        })
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> ActionRequest:
+        if not isinstance(obj, dict):
+            raise _fail("$", "must be a JSON object")
+        unknown = set(obj) - _REQUEST_FIELDS
+        if unknown:
+            raise _fail(sorted(unknown)[0], "unknown field")
+        version = obj.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise _fail("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
+        request_id = _require_str(obj, "request_id", "request_id")
+        try:
+            uuid.UUID(request_id)
+        except ValueError:
+            raise _fail("request_id", "must be a UUID") from None
+        agent_id = _require_str(obj, "agent_id", "agent_id")
+        if not _AGENT_RE.match(agent_id):
+            raise _fail("agent_id", "must be 1..128 of [A-Za-z0-9._:@/-], starting alphanumeric")
+        action = _require_str(obj, "action", "action")
+        if not _ACTION_RE.match(action):
+            raise _fail("action", "must be dotted lower_snake_case such as 'payments.refund'")
+        resource = Resource.from_obj(obj.get("resource"), "resource")
+        context = obj.get("context", {})
+        if not isinstance(context, dict):
+            raise _fail("context", "must be a JSON object")
+        if "signals" in context:
+            raise _fail("context.signals", "is reserved: holdgate computes signals itself")
+        _check_cedar_value(context, "context")
+        occurred_at = _require_time(obj, "occurred_at", "occurred_at")
+        return cls(request_id=request_id, agent_id=agent_id, action=action, resource=resource,
+                   context=context, occurred_at=occurred_at)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "request_id": self.request_id,
+            "agent_id": self.agent_id, "action": self.action, "resource": self.resource.to_obj(),
+            "context": self.context, "occurred_at": self.occurred_at,
+        }
+
+    @property
+    def digest(self) -> str:
+        return action_digest(self.to_obj())
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why: a machine code, the policy (if any) that determined it, and prose for humans."""
+
+    code: str
+    message: str = ""
+    policy_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision record: enough to reconstruct, audit and verify one decision."""
+
+    request_id: str
+    agent_id: str
+    decision: Decision
+    reasons: tuple[Reason, ...]
+    policy_version: str
+    action_digest: str
+    decided_at: float
+    expires_at: float
+    model_version: str | None = None
+    signals: dict[str, int] = field(default_factory=dict)
+    request: dict[str, Any] | None = None
+    signature: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    @property
+    def codes(self) -> list[str]:
+        return [r.code for r in self.reasons]
+
+    def to_obj(self, *, with_signature: bool = True) -> dict[str, Any]:
+        obj = asdict(self)
+        obj["reasons"] = [asdict(r) for r in self.reasons]
+        if not with_signature:
+            obj.pop("signature")
+        return obj
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Verdict:
+        if not isinstance(obj, dict):
+            raise _fail("$", "must be a JSON object")
+        try:
+            reasons = tuple(Reason(**r) for r in obj.get("reasons", ()))
+            fields = {k: v for k, v in obj.items() if k != "reasons"}
+            verdict = cls(reasons=reasons, **fields)
+        except TypeError as exc:
+            raise _fail("$", f"not a verdict: {exc}") from None
+        if verdict.decision not in ("allow", "deny"):
+            raise _fail("decision", "must be 'allow' or 'deny'")
+        if verdict.decision == "deny" and not verdict.reasons:
+            raise _fail("reasons", "a deny must carry at least one reason")
+        return verdict
+
+
+def encode(record: ActionRequest | Verdict) -> bytes:
+    return orjson.dumps(record.to_obj())
+
+
+def decode_request(raw: bytes) -> ActionRequest:
+    """Bytes off the wire to a validated request; raises ValidationError naming the field."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise _fail("$", f"record is {len(raw)} bytes, limit {MAX_RECORD_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _fail("$", f"not valid JSON: {exc}") from None
+    return ActionRequest.from_obj(obj)
+
+
+def decode_verdict(raw: bytes) -> Verdict:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _fail("$", f"not valid JSON: {exc}") from None
+    return Verdict.from_obj(obj)
+
+
+def action_digest(request_obj: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical (sorted-key) JSON of the action: the executor's binding check."""
+    canonical = orjson.dumps(request_obj, option=orjson.OPT_SORT_KEYS)
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())

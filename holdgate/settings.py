@@ -1,0 +1,92 @@
+"""One settings object for worker, SDK and CLI, read from `HOLDGATE_*` env vars.
+
+Flags override the environment, the environment overrides defaults.  The
+signing key is a secret: it never appears in `repr`, logs or `--help` output.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from holdgate.errors import ConfigError
+
+__all__ = ["Settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "HOLDGATE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob, with the default a developer on one machine wants."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "holdgate"
+    actions_topic: str = "holdgate.actions"
+    verdicts_topic: str = "holdgate.verdicts"
+    deadletter_topic: str = "holdgate.deadletter"
+    partitions: int = 4
+    replication_factor: int = 1
+    policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
+    signing_key: str = field(default="", repr=False)
+    verdict_ttl: float = 30.0       # seconds an allow stays actionable
+    batch_max: int = 256            # micro-batch size cap
+    batch_within: float = 0.002     # seconds to wait filling a micro-batch
+    datadir: str = ".holdgate/worker"
+    max_clock_skew: float = 30.0    # seconds occurred_at may differ from the worker clock
+    web_port: int = 0               # faust web server; 0 disables it
+    log_level: str = "warning"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
+
+    def validated(self) -> Settings:
+        if self.partitions < 1:
+            raise ConfigError("partitions must be >= 1")
+        if self.batch_max < 1 or self.batch_within < 0:
+            raise ConfigError("batch_max must be >= 1 and batch_within >= 0")
+        if self.verdict_ttl <= 0:
+            raise ConfigError("verdict_ttl must be > 0 seconds")
+        topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic}
+        if len(topics) != 3:
+            raise ConfigError("actions, verdicts and deadletter topics must differ")
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """The `HOLDGATE_*` variables that recreate these settings in a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def key_bytes(self) -> bytes | None:
+        return self.signing_key.encode() if self.signing_key else None
+
+    @property
+    def policy_path(self) -> Path:
+        if self.policy_dir:
+            return Path(self.policy_dir)
+        from importlib.resources import files
+        return Path(str(files("holdgate.policies") / "default"))
+
+
+def _coerce(name: str, annotation: Any, raw: str) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a {kind}") from None
+    return raw
