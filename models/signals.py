@@ -1,0 +1,253 @@
+"""Per-agent behavioural signals, computed on event time before each decision.
+
+Why integers: the signals go into the Cedar context (``context.signals``), and
+Cedar only compares integers.  Why event time: a replay of the actions topic must
+reproduce every signal, so nothing here reads the wall clock or a per-process
+random seed (hashes are blake2b, never ``hash()``).
+
+The agent clock is ``max(occurred_at seen)``: an older (out-of-order) event is
+counted at the agent clock, so time never moves backwards and the rings stay
+consistent.  Denied attempts count too (the stream observes every action).
+
+Signals (all include the current action; windows are "at least the horizon", see
+`holdgate.models.windows`):
+
+    rate_1s, rate_60s, rate_1h                 actions of the agent
+    action_rate_1s, action_rate_60s, action_rate_1h   same (agent, action)
+    repeat_10s      same fingerprint (action, resource type+id, canonical context)
+    streak          run of identical consecutive fingerprints (1 for a fresh one)
+    fanout_60s      distinct resources in the window, saturating at max_fanout
+    new_action, new_resource_type   1 the first time the agent uses it (Bloom)
+    deny_ratio_pct  denies among the last 32 decided actions (from record_outcomes)
+    anomaly         0..1000 distance from the agent's own baseline (0 while warming)
+
+Caps (LRU by event time): per-action windows for ``max_actions`` actions, repeat
+windows for ``max_fingerprints`` fingerprints; a forgotten action/fingerprint
+restarts its counts at 1 (the agent-level ``rate_*`` are unaffected).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import MutableMapping, Sequence
+
+import numpy as np
+import orjson
+
+from holdgate.errors import ConfigError
+from holdgate.events import ActionRequest
+from holdgate.models.scorer import BaselineConfig, Scorer, score_and_learn
+from holdgate.models.sketch import NOVELTY_BLOOM
+from holdgate.models.state import (
+    ACTIONS, FANOUT, FINGERPRINTS, HARD_MAX_FANOUT, HARD_MAX_KEYED, RATES, AgentState,
+    serialized_bound,
+)
+
+__all__ = ["SIGNAL_NAMES", "ZERO_SIGNALS", "SignalConfig", "SignalComputer", "fingerprint"]
+
+SIGNAL_NAMES: tuple[str, ...] = (
+    "rate_1s", "rate_60s", "rate_1h",
+    "action_rate_1s", "action_rate_60s", "action_rate_1h",
+    "repeat_10s", "streak", "fanout_60s",
+    "new_action", "new_resource_type", "deny_ratio_pct", "anomaly",
+)
+ZERO_SIGNALS: dict[str, int] = dict.fromkeys(SIGNAL_NAMES, 0)
+_I_ANOMALY = SIGNAL_NAMES.index("anomaly")
+_STREAK_MAX = 0xFFFFFFFF
+_CACHE_MAX = 4096
+_OPT = orjson.OPT_SORT_KEYS
+
+
+def fingerprint(request: ActionRequest) -> bytes:
+    """Stable 8-byte digest of (action, resource type, resource id, context).
+
+    The context is canonicalized with sorted keys, so key order never matters;
+    blake2b (not ``hash()``) makes it identical across processes and hosts.
+    """
+    res = request.resource
+    canon = orjson.dumps((request.action, res.type, res.id, request.context), option=_OPT)
+    return blake2b(canon, digest_size=8).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """Caps of the per-agent state and the anomaly baseline's knobs.
+
+    Window geometry is fixed by the state codec (changing it would invalidate
+    every stored state); caps may change freely, states shrink on next touch.
+    """
+
+    max_actions: int = 32
+    max_fingerprints: int = 32
+    max_fanout: int = 256
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_actions <= HARD_MAX_KEYED:
+            raise ConfigError(f"max_actions must be 1..{HARD_MAX_KEYED}")
+        if not 1 <= self.max_fingerprints <= HARD_MAX_KEYED:
+            raise ConfigError(f"max_fingerprints must be 1..{HARD_MAX_KEYED}")
+        if not 1 <= self.max_fanout <= HARD_MAX_FANOUT:
+            raise ConfigError(f"max_fanout must be 1..{HARD_MAX_FANOUT}")
+
+    @property
+    def max_state_bytes(self) -> int:
+        """Upper bound of a serialized `AgentState` under these caps."""
+        return serialized_bound(self.max_actions, self.max_fingerprints, self.max_fanout)
+
+
+class SignalComputer:
+    """Turns each action into its 13 integer signals, updating the agent's state.
+
+    Stateless apart from digest caches (pure functions of their keys), so any
+    number of computers over the same event sequence give identical signals.
+    ``scorer`` is an optional fitted model (see `Scorer`) applied to the whole
+    micro-batch at once; the reported anomaly is then the max of the agent's
+    own baseline and the model's score.
+    """
+
+    def __init__(self, *, config: SignalConfig | None = None,
+                 scorer: Scorer | None = None) -> None:
+        self.config = config or SignalConfig()
+        self.scorer = scorer
+        if scorer is not None:
+            unknown = set(scorer.FEATURE_NAMES) - set(SIGNAL_NAMES[:_I_ANOMALY])
+            if unknown:
+                raise ConfigError(f"scorer features not among the signals: {sorted(unknown)}")
+            self._cols = [SIGNAL_NAMES.index(n) for n in scorer.FEATURE_NAMES]
+        self._actions: dict[str, tuple[bytes, int]] = {}
+        self._types: dict[str, int] = {}
+
+    @property
+    def model_version(self) -> str:
+        """Names the scoring in effect, for the verdict's ``model_version``."""
+        base = "online-baseline/1"
+        if self.scorer is None:
+            return base
+        return f"{base}+{self.scorer.model_version}"
+
+    # -- digests (cached: pure functions of their input) ----------------------
+
+    def _action_key(self, action: str) -> tuple[bytes, int]:
+        hit = self._actions.get(action)
+        if hit is None:
+            if len(self._actions) >= _CACHE_MAX:
+                self._actions.clear()
+            key = blake2b(action.encode(), digest_size=8, person=b"hg.action").digest()
+            hit = self._actions[action] = (key, NOVELTY_BLOOM.mask(key))
+        return hit
+
+    def _type_mask(self, rtype: str) -> int:
+        hit = self._types.get(rtype)
+        if hit is None:
+            if len(self._types) >= _CACHE_MAX:
+                self._types.clear()
+            key = blake2b(rtype.encode(), digest_size=8, person=b"hg.rtype").digest()
+            hit = self._types[rtype] = NOVELTY_BLOOM.mask(key)
+        return hit
+
+    # -- the hot path ---------------------------------------------------------
+
+    def _observe(self, st: AgentState, req: ActionRequest) -> list[int]:
+        cfg = self.config
+        t = req.occurred_at
+        prev_ms = int(st.clock * 1000.0)
+        if t > st.clock:
+            st.clock = t
+        now_ms = int(st.clock * 1000.0)
+
+        rate_1s, rate_60s, rate_1h = RATES.observe(st.rates, 0, prev_ms, now_ms)
+
+        akey, amask = self._action_key(req.action)
+        (a1, a60, a3600), _ = ACTIONS.observe(
+            st.act_keys, st.act_last, st.act_rings, akey, now_ms, cfg.max_actions)
+
+        fp = fingerprint(req)
+        (repeat,), _ = FINGERPRINTS.observe(
+            st.fp_keys, st.fp_last, st.fp_rings, fp, now_ms, cfg.max_fingerprints)
+        if fp == st.last_fp and st.streak:
+            if st.streak < _STREAK_MAX:
+                st.streak += 1
+        else:
+            st.last_fp = fp
+            st.streak = 1
+
+        res = req.resource
+        rkey = blake2b(f"{res.type}\x00{res.id}".encode(), digest_size=4,
+                       person=b"hg.res").digest()
+        fanout = FANOUT.touch(st.fan_keys, st.fan_buckets, rkey, now_ms, cfg.max_fanout)
+
+        bloom = st.bloom
+        new_action = 0 if bloom & amask == amask else 1
+        tmask = self._type_mask(res.type)
+        new_type = 0 if bloom & tmask == tmask else 1
+        if new_action or new_type:
+            st.bloom = bloom | amask | tmask
+            st.bloom_items = min(st.bloom_items + new_action + new_type, 0xFFFF)
+
+        dn = st.deny_n
+        deny_pct = (100 * st.deny_mask.bit_count() + dn // 2) // dn if dn else 0
+
+        anomaly = int(score_and_learn(st.baseline, (rate_1s, rate_60s, fanout, repeat),
+                                      cfg.baseline))
+        return [rate_1s, rate_60s, rate_1h, a1, a60, a3600, repeat, st.streak, fanout,
+                new_action, new_type, deny_pct, anomaly]
+
+    def observe_batch(self, states: MutableMapping[str, AgentState],
+                      requests: Sequence[ActionRequest]) -> list[dict[str, int]]:
+        """Signals for each request, in order; identical to one call per request.
+
+        Missing agents are created.  Each touched state is assigned back to
+        ``states`` once at the end (a Faust table only writes its changelog on
+        assignment, not on in-place mutation).
+        """
+        touched: dict[str, AgentState] = {}
+        rows: list[list[int]] = []
+        for req in requests:
+            aid = req.agent_id
+            st = touched.get(aid)
+            if st is None:
+                st = states.get(aid)
+                if st is None:
+                    st = AgentState()
+                touched[aid] = st
+            rows.append(self._observe(st, req))
+        if self.scorer is not None and rows:
+            X = np.array(rows, dtype=np.float64)[:, self._cols]
+            fitted = np.clip(np.nan_to_num(self.scorer.score_many(X), nan=1000.0), 0, 1000)
+            for row, s in zip(rows, fitted.astype(np.int64).tolist()):
+                if s > row[_I_ANOMALY]:
+                    row[_I_ANOMALY] = s
+        for aid, st in touched.items():
+            states[aid] = st
+        names = SIGNAL_NAMES
+        return [dict(zip(names, row)) for row in rows]
+
+    def observe(self, states: MutableMapping[str, AgentState],
+                request: ActionRequest) -> dict[str, int]:
+        """Convenience: `observe_batch` of a single request."""
+        return self.observe_batch(states, (request,))[0]
+
+    def record_outcomes(self, states: MutableMapping[str, AgentState],
+                        requests: Sequence[ActionRequest], denied: Sequence[bool]) -> None:
+        """Feed decisions back (after Cedar) for ``deny_ratio_pct``.
+
+        Outcomes shift into a 32-bit history per agent in the given order.  An
+        agent with no state (evicted meanwhile) is skipped: it has no history.
+        """
+        if len(requests) != len(denied):
+            raise ValueError("requests and denied must have the same length")
+        touched: dict[str, AgentState] = {}
+        for req, d in zip(requests, denied):
+            aid = req.agent_id
+            st = touched.get(aid)
+            if st is None:
+                st = states.get(aid)
+                if st is None:
+                    continue
+                touched[aid] = st
+            st.deny_mask = ((st.deny_mask << 1) | (1 if d else 0)) & 0xFFFFFFFF
+            if st.deny_n < 32:
+                st.deny_n += 1
+        for aid, st in touched.items():
+            states[aid] = st

@@ -1,0 +1,274 @@
+"""Signals end to end: rates, repetition, fan-out, novelty, deny ratio, anomaly."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from holdgate.errors import ConfigError
+from holdgate.events import ActionRequest, Resource
+from holdgate.models import (
+    SIGNAL_NAMES, ZERO_SIGNALS, AgentState, Scorer, SignalComputer, SignalConfig, fingerprint,
+)
+
+T0 = 1_700_000_000.0
+MakeRequest = Callable[..., ActionRequest]
+
+
+@pytest.fixture
+def make_request() -> MakeRequest:
+    """Factory: a valid ActionRequest with overridable parts (deterministic ids)."""
+    counter = iter(range(10**9))
+
+    def make(t: float, *, agent: str = "agent-1", action: str = "crm.read",
+             rtype: str = "Contact", rid: str = "c1",
+             context: dict[str, Any] | None = None) -> ActionRequest:
+        return ActionRequest(request_id=str(uuid.UUID(int=next(counter))), agent_id=agent,
+                             action=action, resource=Resource(rtype, rid, {}),
+                             context=context if context is not None else {}, occurred_at=t)
+    return make
+
+
+def random_stream(make_request: MakeRequest, n: int, seed: int) -> list[ActionRequest]:
+    rng = random.Random(seed)
+    t = T0
+    out = []
+    for _ in range(n):
+        t += rng.expovariate(4.0) if rng.random() < 0.95 else -rng.uniform(0, 3)  # some late
+        out.append(make_request(t, agent=f"a{rng.randrange(6)}",
+                                action=rng.choice(["crm.read", "crm.update", "mail.send"]),
+                                rtype=rng.choice(["Contact", "Invoice"]),
+                                rid=f"r{rng.randrange(30)}", context={"k": rng.randrange(4)}))
+    return out
+
+
+def test_signal_names_are_fixed() -> None:
+    assert SIGNAL_NAMES == (
+        "rate_1s", "rate_60s", "rate_1h", "action_rate_1s", "action_rate_60s", "action_rate_1h",
+        "repeat_10s", "streak", "fanout_60s", "new_action", "new_resource_type",
+        "deny_ratio_pct", "anomaly")
+    assert ZERO_SIGNALS == dict.fromkeys(SIGNAL_NAMES, 0)
+
+
+def test_runaway_loop_climbs_to_300(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    sigs = [comp.observe(states, make_request(T0 + i / 301, context={"x": 1}))
+            for i in range(300)]
+    for i, s in enumerate(sigs, start=1):
+        assert s["rate_1s"] == s["action_rate_1s"] == s["repeat_10s"] == s["streak"] == i
+        assert all(type(v) is int for v in s.values())
+    last = sigs[-1]
+    assert last["rate_60s"] == last["rate_1h"] == 300
+    assert last["fanout_60s"] == 1 and last["new_action"] == 0
+    assert last["anomaly"] == 0  # still warming up: no baseline, no opinion
+
+
+def test_human_paced_agent_stays_calm(make_request: MakeRequest) -> None:
+    rng = random.Random(11)
+    comp, states = SignalComputer(), {}
+    t, sigs = T0, []
+    while t < T0 + 3600:
+        sigs.append(comp.observe(states, make_request(
+            t, action=rng.choice(["crm.read", "crm.update", "mail.send"]),
+            rid=f"c{rng.randrange(5)}", context={"q": rng.randrange(100)})))
+        t += 5.0
+    assert len(sigs) == 720
+    assert max(s["rate_1s"] for s in sigs) <= 1
+    assert max(s["repeat_10s"] for s in sigs) <= 3
+    assert all(13 <= s["rate_60s"] <= 14 for s in sigs[20:])  # 60 s window: 60..65 s
+    assert sigs[-1]["rate_1h"] == 720
+    assert max(s["anomaly"] for s in sigs) < 100
+    # ...and a sudden 50x burst (10 actions/s) is flagged from its first second on
+    burst = [comp.observe(states, make_request(t + i / 10, rid=f"c{i % 5}",
+                                               context={"q": i % 100}))["anomaly"]
+             for i in range(300)]
+    assert burst[0] < 100           # one action right after another is not yet a burst
+    assert min(burst[10:]) > 900    # robust learning: 30 s of burst does not become normal
+
+
+def test_anomaly_is_zero_while_warming_up(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    warm = comp.config.baseline.warmup_n
+    sigs = [comp.observe(states, make_request(T0 + (i * 10 if i < warm - 1 else 500 + i / 100)))
+            for i in range(warm)]  # calm, then a burst before the baseline is warm
+    assert [s["anomaly"] for s in sigs] == [0] * warm
+
+
+def test_fanout_counts_distinct_resources_and_expires(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    got = [comp.observe(states, make_request(T0 + i * 0.1, rid=f"r{i}"))["fanout_60s"]
+           for i in range(5)]
+    assert got == [1, 2, 3, 4, 5]
+    assert comp.observe(states, make_request(T0 + 1, rid="r0"))["fanout_60s"] == 5
+    assert comp.observe(states, make_request(T0 + 30, rid="r1"))["fanout_60s"] == 5
+    assert comp.observe(states, make_request(T0 + 30, rtype="Invoice", rid="r1"))[
+        "fanout_60s"] == 6  # same id, other type: another resource
+    # 66 s after the first touches: r0, r2..r4 expired; r1 (t+30) is live; r9 is new
+    assert comp.observe(states, make_request(T0 + 66, rid="r9"))["fanout_60s"] == 3
+    assert comp.observe(states, make_request(T0 + 200, rid="r9"))["fanout_60s"] == 1
+
+
+def test_fanout_saturates_at_cap(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(config=SignalConfig(max_fanout=8)), {}
+    got = [comp.observe(states, make_request(T0 + i, rid=f"r{i}"))["fanout_60s"]
+           for i in range(20)]
+    assert got == list(range(1, 9)) + [8] * 12
+    assert states["agent-1"].n_fanout == 8
+
+
+def test_novelty_flips_from_one_to_zero(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    def nov(**kw: Any) -> tuple[int, int]:
+        s = comp.observe(states, make_request(T0, **kw))
+        return s["new_action"], s["new_resource_type"]
+    assert nov() == (1, 1)
+    assert nov() == (0, 0)
+    assert nov(action="crm.delete") == (1, 0)
+    assert nov(rtype="Invoice") == (0, 1)
+    assert nov(action="crm.delete", rtype="Invoice") == (0, 0)
+    assert comp.observe(states, make_request(T0, agent="other"))["new_action"] == 1  # per agent
+
+
+def test_streak_and_repeat_follow_fingerprints(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    a = dict(context={"x": 1, "y": [1, 2]})
+    a_reordered = dict(context={"y": [1, 2], "x": 1})
+    b = dict(context={"x": 2})
+    seq = [a, a_reordered, b, a, a]
+    sigs = [comp.observe(states, make_request(T0 + i, **kw)) for i, kw in enumerate(seq)]
+    assert [s["streak"] for s in sigs] == [1, 2, 1, 1, 2]
+    assert [s["repeat_10s"] for s in sigs] == [1, 2, 1, 3, 4]
+    assert comp.observe(states, make_request(T0 + 30, **a))["repeat_10s"] == 1  # expired
+
+
+def test_deny_ratio(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    reqs = [make_request(T0 + i) for i in range(4)]
+    assert comp.observe_batch(states, reqs)[-1]["deny_ratio_pct"] == 0
+    comp.record_outcomes(states, reqs, [True, False, False, True])
+    assert comp.observe(states, make_request(T0 + 5))["deny_ratio_pct"] == 50
+    comp.record_outcomes(states, reqs[:1], [True])
+    assert comp.observe(states, make_request(T0 + 6))["deny_ratio_pct"] == 60
+    comp.record_outcomes(states, [reqs[0]] * 40, [False] * 40)  # only the last 32 count
+    assert comp.observe(states, make_request(T0 + 7))["deny_ratio_pct"] == 0
+    comp.record_outcomes(states, [reqs[0]] * 32, [True] * 32)
+    assert comp.observe(states, make_request(T0 + 8))["deny_ratio_pct"] == 100
+    comp.record_outcomes(states, [make_request(T0, agent="ghost")], [True])  # no state: skip
+    assert "ghost" not in states
+    with pytest.raises(ValueError):
+        comp.record_outcomes(states, reqs, [True])
+
+
+def test_out_of_order_events_do_not_move_time_backwards(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(), {}
+    comp.observe(states, make_request(T0 + 100))
+    late = comp.observe(states, make_request(T0 + 50, rid="late"))
+    st = states["agent-1"]
+    assert st.last_seen == T0 + 100
+    assert late["rate_1s"] == 2 and late["fanout_60s"] == 2  # counted at the agent clock
+    nxt = comp.observe(states, make_request(T0 + 100.5))
+    assert nxt["rate_1s"] == 3 and st.last_seen == T0 + 100.5
+    # a late event must not resurrect anything: 2 min later everything above expired
+    assert comp.observe(states, make_request(T0 + 221, rid="x"))["rate_60s"] == 1
+
+
+def test_action_cap_is_lru_and_agent_rates_are_unaffected(make_request: MakeRequest) -> None:
+    comp, states = SignalComputer(config=SignalConfig(max_actions=2)), {}
+    for i, act in enumerate(["a.x", "b.x", "a.x", "c.x"]):  # c evicts b (least recent)
+        s = comp.observe(states, make_request(T0 + i, action=act))
+    assert s["rate_60s"] == 4 and s["action_rate_60s"] == 1
+    assert comp.observe(states, make_request(T0 + 5, action="a.x"))["action_rate_60s"] == 3
+    assert comp.observe(states, make_request(T0 + 6, action="b.x"))["action_rate_60s"] == 1
+    assert states["agent-1"].n_actions == 2
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_deterministic_and_batching_invariant(make_request: MakeRequest, seed: int) -> None:
+    reqs = random_stream(make_request, 1500, seed)
+    one_by_one: list[dict[str, int]] = []
+    c1, s1 = SignalComputer(), {}
+    for r in reqs:
+        one_by_one.append(c1.observe(s1, r))
+    c2, s2 = SignalComputer(), {}
+    batched: list[dict[str, int]] = []
+    rng = random.Random(seed)
+    i = 0
+    while i < len(reqs):
+        n = rng.randrange(1, 257)
+        batched.extend(c2.observe_batch(s2, reqs[i:i + n]))
+        i += n
+    assert batched == one_by_one
+    assert s1 == s2
+
+
+def test_fingerprint_is_stable_across_processes(make_request: MakeRequest) -> None:
+    req = make_request(T0, context={"b": [1, {"z": True}], "a": "é"})
+    code = ("import uuid;from holdgate.events import ActionRequest, Resource;"
+            "from holdgate.models import fingerprint;"
+            "r=ActionRequest(request_id=str(uuid.uuid4()),agent_id='agent-1',"
+            "action='crm.read',resource=Resource('Contact','c1',{}),"
+            "context={'a':'é','b':[1,{'z':True}]},occurred_at=1.0);"
+            "print(fingerprint(r).hex())")
+    outs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=os.pathsep.join(sys.path))
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, check=True).stdout.strip())
+    assert outs == {fingerprint(req).hex()}
+
+
+def test_states_are_written_back_once_per_batch(make_request: MakeRequest) -> None:
+    class Table(dict):
+        writes = 0
+
+        def __setitem__(self, k: str, v: AgentState) -> None:
+            Table.writes += 1
+            super().__setitem__(k, v)
+
+    table = Table()
+    comp = SignalComputer()
+    comp.observe_batch(table, [make_request(T0 + i, agent=f"a{i % 3}") for i in range(9)])
+    assert Table.writes == 3 and all(isinstance(v, AgentState) for v in table.values())
+    comp.record_outcomes(table, [make_request(T0, agent="a0")] * 2, [True, False])
+    assert Table.writes == 4
+
+
+def test_fitted_scorer_plugs_in(make_request: MakeRequest) -> None:
+    class Constant(Scorer):
+        FEATURE_NAMES = ("rate_1s", "fanout_60s")
+        model_version = "sha256:test"
+        seen: list[np.ndarray] = []
+
+        def learn_one(self, x: Any) -> None:
+            pass
+
+        def score_one(self, x: Any) -> float:
+            return 777.0
+
+        def score_many(self, X: np.ndarray) -> np.ndarray:
+            Constant.seen.append(X)
+            return np.full(len(X), 777.0)
+
+    comp = SignalComputer(scorer=Constant())
+    sigs = comp.observe_batch({}, [make_request(T0 + 2 * i, rid=f"r{i}") for i in range(3)])
+    assert [s["anomaly"] for s in sigs] == [777] * 3
+    assert Constant.seen[0].tolist() == [[1, 1], [1, 2], [1, 3]]  # one call, whole batch
+    assert comp.model_version == "online-baseline/1+sha256:test"
+
+    class Bad(Constant):
+        FEATURE_NAMES = ("anomaly",)
+    with pytest.raises(ConfigError):
+        SignalComputer(scorer=Bad())
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        SignalConfig(max_actions=0)
+    with pytest.raises(ConfigError):
+        SignalConfig(max_fanout=10**6)

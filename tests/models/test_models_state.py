@@ -1,0 +1,116 @@
+"""AgentState: binary codec, corruption detection, and the per-agent size bound."""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import pytest
+
+from holdgate.errors import ModelError
+from holdgate.events import ActionRequest, Resource
+from holdgate.models import AgentState, SignalComputer, SignalConfig, serialized_bound
+from holdgate.models.state import CODEC_VERSION
+
+T0 = 1_700_000_000.0
+
+
+def request(t: float, i: int, *, action: str = "crm.read", rid: str = "c1",
+            ctx: dict | None = None) -> ActionRequest:
+    return ActionRequest(request_id=str(uuid.UUID(int=i)), agent_id="agent-1", action=action,
+                         resource=Resource("Contact", rid, {}), context=ctx or {},
+                         occurred_at=t)
+
+
+@pytest.fixture
+def busy_state() -> AgentState:
+    """A state that has seen varied traffic and some outcomes."""
+    rng = random.Random(5)
+    comp, states = SignalComputer(), {}
+    reqs = [request(T0 + i * 0.3, i, action=rng.choice(["a.b", "c.d", "e.f"]),
+                    rid=f"r{rng.randrange(50)}", ctx={"n": rng.randrange(9)})
+            for i in range(400)]
+    comp.observe_batch(states, reqs)
+    comp.record_outcomes(states, reqs[:20], [i % 3 == 0 for i in range(20)])
+    return states["agent-1"]
+
+
+def test_roundtrip_fresh_and_busy(busy_state: AgentState) -> None:
+    for st in (AgentState(), busy_state):
+        blob = st.to_bytes()
+        back = AgentState.from_bytes(blob)
+        assert back == st and back.to_bytes() == blob
+        assert AgentState.from_bytes(bytearray(blob)) == st
+        assert AgentState.from_bytes(memoryview(blob)) == st
+    assert busy_state.n_actions == 3 and busy_state.deny_n == 20
+    assert busy_state != AgentState()
+
+
+def test_decoded_state_keeps_computing_identically(busy_state: AgentState) -> None:
+    comp = SignalComputer()
+    a = {"agent-1": busy_state}
+    b = {"agent-1": AgentState.from_bytes(busy_state.to_bytes())}
+    nxt = [request(T0 + 200 + i, 10_000 + i, rid=f"r{i}") for i in range(50)]
+    assert comp.observe_batch(a, nxt) == comp.observe_batch(b, nxt)
+    assert a["agent-1"].to_bytes() == b["agent-1"].to_bytes()
+
+
+def _corruptions(blob: bytes) -> dict[str, bytes]:
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x40
+    bad_version = bytearray(blob)
+    bad_version[4] = CODEC_VERSION + 1
+    return {
+        "empty": b"",
+        "truncated": blob[:-1],
+        "extended": blob + b"\x00",
+        "half": blob[: len(blob) // 2],
+        "bad magic": b"XXXX" + blob[4:],
+        "bad version": bytes(bad_version),
+        "bit flip": bytes(flipped),
+        "count mismatch": blob[:5] + bytes([blob[5] + 1]) + blob[6:],
+        "garbage": random.Random(1).randbytes(len(blob)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_corruptions(b"x" * 600)))
+def test_corrupt_blob_raises_model_error(busy_state: AgentState, kind: str) -> None:
+    with pytest.raises(ModelError):
+        AgentState.from_bytes(_corruptions(busy_state.to_bytes())[kind])
+
+
+def test_last_seen_is_event_time(busy_state: AgentState) -> None:
+    assert AgentState().last_seen == 0.0
+    assert busy_state.last_seen == pytest.approx(T0 + 399 * 0.3)
+
+
+def test_state_size_is_bounded_under_100k_unique_everything() -> None:
+    cfg = SignalConfig()
+    comp, states = SignalComputer(config=cfg), {}
+    batch = []
+    for i in range(100_000):
+        batch.append(request(T0 + i * 0.001, i, action=f"tool.op{i}", rid=f"res-{i}",
+                             ctx={"i": i}))
+        if len(batch) == 256:
+            comp.observe_batch(states, batch)
+            batch = []
+    sig = comp.observe_batch(states, batch)[-1]
+    st = states["agent-1"]
+    blob = st.to_bytes()
+    assert (st.n_actions, st.n_fingerprints, st.n_fanout) == (32, 32, 256)
+    assert len(blob) == cfg.max_state_bytes == serialized_bound(32, 32, 256) < 7_000
+    assert st.memory_bytes() < 2 * cfg.max_state_bytes  # ~8.1 kB measured
+    assert sig["fanout_60s"] == 256  # saturated at the cap
+    assert 60_000 <= sig["rate_60s"] <= 65_000  # 1000/s over a 60..65 s window
+    assert AgentState.from_bytes(blob) == st
+
+
+def test_codec_is_fast(busy_state: AgentState) -> None:
+    blob = busy_state.to_bytes()
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        AgentState.from_bytes(busy_state.to_bytes())
+    per = (time.perf_counter() - t0) / n
+    assert per < 100e-6, f"encode+decode took {per * 1e6:.1f} us"  # ~7 us measured
+    assert len(blob) < 2_500
