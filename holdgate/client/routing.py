@@ -1,0 +1,168 @@
+"""Where an action goes: configuration, partition choice and guard arguments.
+
+The routing contract is what lets a client read *only* its own agents'
+verdicts instead of the whole decision log:
+
+* an action is produced with ``key = agent_id`` bytes to the EXPLICIT partition
+  ``partition_for(agent_id, n)``, where ``n`` is the partition count of the
+  actions topic (the SDK discovers it from the broker, it never trusts a
+  configured number);
+* the worker replies on the verdicts topic at the SAME partition number, with
+  ``key = agent_id``; both topics must have the same partition count.
+
+``partition_for`` is Kafka's Java default partitioner (``positive(murmur2(key))
+% n``), so a runtime in another language using its stock Kafka client with
+key = agent_id lands on the same partition as this SDK.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
+
+from kafka.partitioner.default import murmur2
+
+from holdgate.errors import ConfigError
+from holdgate.settings import Settings
+
+__all__ = ["partition_for", "GateConfig", "GuardSpec", "AgentSlot", "RETRY_AFTER"]
+
+RETRY_AFTER = 1.0   # seconds a setup failure is answered from cache before trying again
+
+
+def partition_for(agent_id: str, partitions: int) -> int:
+    """Partition of `agent_id` among `partitions`, exactly as Kafka's Java default partitioner.
+
+    Note the parentheses: ``(murmur2(key) & 0x7fffffff) % n``.  Written without
+    them, Python's precedence would compute ``murmur2(key) & (0x7fffffff % n)``.
+    """
+    if partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    return (murmur2(agent_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """What a gate needs from `Settings`, resolved once: explicit kwargs beat settings/env."""
+
+    bootstrap: str
+    actions_topic: str
+    verdicts_topic: str
+    key: bytes | None
+    client_id: str
+
+    @classmethod
+    def resolve(cls, *, bootstrap: str | None, settings: Settings | None,
+                signing_key: str | bytes | None) -> GateConfig:
+        """`settings` or, when None, `Settings.from_env()`; `bootstrap`/`signing_key` override."""
+        base = settings.with_(bootstrap=bootstrap) if settings is not None \
+            else Settings.from_env(bootstrap=bootstrap)
+        if signing_key:
+            key: bytes | None = signing_key.encode() if isinstance(signing_key, str) \
+                else bytes(signing_key)
+        else:
+            key = base.key_bytes
+        return cls(bootstrap=base.bootstrap, actions_topic=base.actions_topic,
+                   verdicts_topic=base.verdicts_topic, key=key,
+                   client_id=f"{base.app_id}-gate")
+
+    def missing_topics_message(self, missing: list[str]) -> str:
+        """Say what is missing and how it gets created (the broker never auto-creates)."""
+        names = ", ".join(repr(t) for t in missing)
+        return (f"topic(s) {names} do not exist on {self.bootstrap}; the gate's topics are "
+                "created by the worker (holdgate.topics.ensure_topics), never auto-created")
+
+    def partition_counts_message(self, actions: int, verdicts: int) -> str:
+        return (f"{self.actions_topic!r} has {actions} partitions but {self.verdicts_topic!r} "
+                f"has {verdicts}; they must match for verdicts to return to the agent's partition")
+
+
+Factory = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSpec:
+    """A guarded function's action, built per call from the call's own arguments.
+
+    `resource` and `context` may be values or callables; callables receive the
+    call's arguments *by name* (bound to the function's signature, defaults
+    applied), so ``lambda invoice_id, **kw: ...`` works whether the caller
+    passed `invoice_id` positionally or by keyword.
+    """
+
+    action: str
+    resource: Mapping[str, Any] | Factory
+    context: Mapping[str, Any] | Factory | None
+    signature: inspect.Signature
+
+    @classmethod
+    def for_function(cls, fn: Callable[..., Any], *, action: str,
+                     resource: Mapping[str, Any] | Factory,
+                     context: Mapping[str, Any] | Factory | None) -> GuardSpec:
+        if not action:
+            raise ConfigError("guard needs an action name such as 'payments.refund'")
+        return cls(action=action, resource=resource, context=context,
+                   signature=inspect.signature(fn))
+
+    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[Any, Mapping[str, Any] | None]:
+        """(resource, context) for one call; a factory's exception propagates (caller bug)."""
+        named: dict[str, Any] | None = None
+
+        def call(factory: Factory) -> Any:
+            nonlocal named
+            if named is None:
+                named = self._named_arguments(args, kwargs)
+            return factory(**named)
+
+        resource = call(self.resource) if callable(self.resource) else self.resource
+        context = call(self.context) if callable(self.context) else self.context
+        return resource, context
+
+    def _named_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        named: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = self.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)      # **kwargs of the function are passed flat
+            else:
+                named[name] = value      # *args stays a tuple under its own name
+        return named
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+
+
+E = TypeVar("E", bound=_Event)
+
+
+class AgentSlot(Generic[E]):
+    """Readiness of one agent: its verdict partition is assigned with a resolved position.
+
+    `ready` (a threading or asyncio Event) is set on success AND on failure; a
+    failure is remembered for `RETRY_AFTER` seconds so a gate whose topics are
+    missing answers UNAVAILABLE at once instead of retrying per check.
+    """
+
+    __slots__ = ("agent_id", "ready", "partition", "error", "failed_at")
+
+    def __init__(self, agent_id: str, ready: E) -> None:
+        self.agent_id = agent_id
+        self.ready = ready
+        self.partition: int | None = None
+        self.error: str | None = None
+        self.failed_at = 0.0
+
+    def fail(self, message: str) -> None:
+        self.error, self.failed_at = message, time.monotonic()
+        self.ready.set()
+
+    @property
+    def reusable(self) -> bool:
+        """Ready, still setting up, or failed so recently that retrying is pointless."""
+        return self.error is None or time.monotonic() - self.failed_at < RETRY_AFTER

@@ -1,0 +1,115 @@
+"""Turning what came back (or did not) into a verdict the runtime may act on.
+
+The rule is fail closed: the only path to an allow is a verdict from the
+worker that names this request, binds this exact action (digest), has not
+expired and — when a signing key is configured — carries a valid signature.
+Everything else becomes a *local deny*: a real `Verdict` with decision deny,
+so callers handle one type and never mistake "no answer" for "yes".
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+
+import orjson
+
+from holdgate.events import ActionRequest, Reason, Verdict, decode_verdict
+from holdgate.reasons import INVALID_VERDICT
+from holdgate.signing import verify as verify_signature
+
+__all__ = ["LOCAL_POLICY_VERSION", "local_deny", "verify_verdict", "Failure", "parse_record"]
+
+log = logging.getLogger("holdgate.client")
+
+LOCAL_POLICY_VERSION = "local"
+
+
+class Failure(NamedTuple):
+    """A pending check resolved without a usable verdict: becomes `local_deny(code, message)`."""
+
+    code: str
+    message: str
+
+
+def local_deny(request: ActionRequest, *, code: str, message: str,
+               now: float | None = None) -> Verdict:
+    """A deny decided by the SDK itself (timeout, unavailable, invalid verdict).
+
+    It names the request and binds its digest like a worker verdict, so audit
+    logs can join it, but `policy_version` is "local", it is unsigned and it
+    expires the moment it is made: nobody can replay it as a permission.
+    """
+    at = time.time() if now is None else now
+    return Verdict(
+        request_id=request.request_id, agent_id=request.agent_id, decision="deny",
+        reasons=(Reason(code=code, message=message),), policy_version=LOCAL_POLICY_VERSION,
+        action_digest=request.digest, decided_at=at, expires_at=at,
+        request=request.to_obj(),
+    )
+
+
+def verify_verdict(verdict: Verdict, request: ActionRequest, key: bytes | None,
+                   now: float) -> Verdict:
+    """Return `verdict` if it may be acted on as is, else a local INVALID_VERDICT deny.
+
+    A worker deny is returned unchanged once it is known to be about this
+    request (it is already a deny; its reasons are worth keeping).  An allow
+    must additionally bind the action digest, be unexpired and, when `key` is
+    set, be signed with it.  Any surprise while checking is itself a failure.
+    """
+    try:
+        problem = _problem(verdict, request, key, now)
+    except Exception as exc:  # malformed field types: never let them become an allow
+        problem = f"verdict could not be checked: {type(exc).__name__}: {exc}"
+    if problem is None:
+        return verdict
+    log.warning("verdict for request %s rejected: %s", request.request_id, problem)
+    return local_deny(request, code=INVALID_VERDICT, message=problem, now=now)
+
+
+def _problem(verdict: Verdict, request: ActionRequest, key: bytes | None,
+             now: float) -> str | None:
+    if verdict.request_id != request.request_id:
+        return f"verdict is for request {verdict.request_id!r}, not {request.request_id!r}"
+    if verdict.agent_id != request.agent_id:
+        return f"verdict is for agent {verdict.agent_id!r}, not {request.agent_id!r}"
+    if verdict.decision == "deny":
+        return None
+    if verdict.decision != "allow":
+        return f"unknown decision {verdict.decision!r}"
+    digest = request.digest
+    if verdict.action_digest != digest:
+        return f"action digest mismatch: verdict binds {verdict.action_digest!r}, " \
+               f"the request is {digest!r}"
+    if not float(verdict.expires_at) > now:
+        return f"allow expired at {verdict.expires_at:.3f} (now {now:.3f})"
+    if key:
+        if not verdict.signature:
+            return "allow is unsigned but a signing key is configured"
+        if not verify_signature(verdict, key):
+            return "allow signature does not verify with the configured key"
+    return None
+
+
+def parse_record(raw: bytes | None) -> tuple[str | None, Verdict | Failure]:
+    """(request_id, verdict-or-failure) from one verdicts-topic record value.
+
+    A record that does not decode still resolves its request quickly (as an
+    INVALID_VERDICT deny) when a request_id can be read from it, instead of
+    leaving the caller to wait for the timeout.
+    """
+    if raw is None:
+        return None, Failure(INVALID_VERDICT, "empty verdict record")
+    try:
+        verdict = decode_verdict(raw)
+    except Exception as exc:
+        request_id = None
+        try:
+            obj = orjson.loads(raw)
+            if isinstance(obj, dict) and isinstance(obj.get("request_id"), str):
+                request_id = obj["request_id"]
+        except orjson.JSONDecodeError:
+            pass
+        return request_id, Failure(INVALID_VERDICT, f"verdict does not decode: {exc}")
+    return verdict.request_id, verdict

@@ -1,0 +1,164 @@
+"""SDK pieces that need no broker: routing, verification, configuration, import hygiene."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import orjson
+import pytest
+
+import holdgate.client as client
+from holdgate.client import local_deny, partition_for, verify_verdict
+from holdgate.client.routing import GateConfig, GuardSpec
+from holdgate.client.verify import Failure, parse_record
+from holdgate.events import ActionRequest, Reason, Verdict, encode
+from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT
+from holdgate.settings import Settings
+from holdgate.signing import sign
+
+KEY = b"unit-key"
+
+
+def test_public_api() -> None:
+    assert client.__all__ == ["Gate", "AsyncGate", "local_deny", "verify_verdict",
+                              "partition_for"]
+    assert client.AsyncGate.__name__ == "AsyncGate"
+
+
+# Java's org.apache.kafka.common.utils.UtilsTest#testMurmur2 vectors (signed int32).
+@pytest.mark.parametrize(("key", "java"), [
+    (b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), (b"abc", 479470107),
+])
+def test_partition_for_is_javas_default_partitioner(key: bytes, java: int) -> None:
+    for n in (1, 2, 3, 4, 12, 64):
+        assert partition_for(key.decode(), n) == (java & 0x7FFFFFFF) % n
+
+
+def test_partition_for_rejects_zero_partitions() -> None:
+    with pytest.raises(ValueError):
+        partition_for("a", 0)
+
+
+def test_config_explicit_kwargs_beat_settings() -> None:
+    s = Settings(bootstrap="h:1", actions_topic="a.x", verdicts_topic="v.x",
+                 deadletter_topic="d.x", signing_key="from-settings")
+    assert GateConfig.resolve(bootstrap=None, settings=s, signing_key=None).key == \
+        b"from-settings"
+    cfg = GateConfig.resolve(bootstrap="h:2", settings=s, signing_key="explicit")
+    assert (cfg.bootstrap, cfg.actions_topic, cfg.verdicts_topic, cfg.key) == \
+        ("h:2", "a.x", "v.x", b"explicit")
+
+
+def test_config_reads_env_when_no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOLDGATE_VERDICTS_TOPIC", "env.verdicts")
+    monkeypatch.setenv("HOLDGATE_SIGNING_KEY", "env-key")
+    cfg = GateConfig.resolve(bootstrap="h:3", settings=None, signing_key=None)
+    assert (cfg.bootstrap, cfg.verdicts_topic, cfg.key) == ("h:3", "env.verdicts", b"env-key")
+
+
+def test_guard_spec_binds_arguments_by_name() -> None:
+    def refund(invoice_id: str, amount_cents: int, *, reason: str = "dup", **extra: int) -> None:
+        ...
+
+    spec = GuardSpec.for_function(
+        refund, action="payments.refund",
+        resource=lambda invoice_id, **kw: {"type": "Invoice", "id": invoice_id},
+        context=lambda amount_cents, reason, **kw: {"amount_cents": amount_cents,
+                                                    "reason": reason, **kw})
+    resource, context = spec.build(("inv-1", 500), {"trace": 7})
+    assert resource == {"type": "Invoice", "id": "inv-1"}
+    assert context == {"amount_cents": 500, "reason": "dup", "invoice_id": "inv-1", "trace": 7}
+    static = GuardSpec.for_function(refund, action="payments.refund",
+                                    resource={"type": "Invoice", "id": "x"}, context=None)
+    assert static.build(("inv-1", 1), {}) == ({"type": "Invoice", "id": "x"}, None)
+
+
+# --------------------------------------------------------------------------- verification
+def _request() -> ActionRequest:
+    return ActionRequest.create(agent_id="bot-1", action="payments.refund",
+                                resource={"type": "Invoice", "id": "inv-1",
+                                          "attributes": {"amount_cents": 500}})
+
+
+def _allow(request: ActionRequest, **changes: object) -> Verdict:
+    now = time.time()
+    verdict = Verdict(request_id=request.request_id, agent_id=request.agent_id,
+                      decision="allow", reasons=(Reason("PERMITTED"),), policy_version="p1",
+                      action_digest=request.digest, decided_at=now, expires_at=now + 30)
+    return replace(verdict, **changes)  # type: ignore[arg-type]
+
+
+def test_valid_signed_allow_passes() -> None:
+    request = _request()
+    verdict = sign(_allow(request), KEY)
+    assert verify_verdict(verdict, request, KEY, time.time()) is verdict
+    # no key configured: the signature is not required (documented, logged by the Gate)
+    assert verify_verdict(_allow(request), request, None, time.time()).allowed
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"request_id": "00000000-0000-0000-0000-000000000000"}, "not"),
+    ({"agent_id": "bot-2"}, "agent"),
+    ({"action_digest": "sha256:00"}, "digest mismatch"),
+    ({"expires_at": 1.0}, "expired"),
+    ({"signature": None}, "unsigned"),
+    ({"signature": "hmac-sha256:beef"}, "does not verify"),
+    ({"expires_at": "never"}, "could not be checked"),
+])
+def test_bad_allow_becomes_invalid_verdict(change: dict[str, object], message: str) -> None:
+    request = _request()
+    signed = sign(_allow(request), KEY)
+    if "signature" not in change:    # sign after the change, so only that check can fail
+        signed = sign(_allow(request, **change), KEY)
+    else:
+        signed = replace(signed, **change)  # type: ignore[arg-type]
+    verdict = verify_verdict(signed, request, KEY, time.time())
+    assert verdict.decision == "deny" and verdict.codes == [INVALID_VERDICT]
+    assert message in verdict.reasons[0].message
+    assert verdict.request_id == request.request_id and verdict.policy_version == "local"
+
+
+def test_worker_deny_is_returned_as_is_even_unsigned() -> None:
+    request = _request()
+    deny = _allow(request, decision="deny", reasons=(Reason(NO_PERMIT, "nope"),),
+                  action_digest="sha256:other")
+    assert verify_verdict(deny, request, KEY, time.time()) is deny
+
+
+def test_local_deny_is_immediately_expired_and_bound() -> None:
+    request = _request()
+    verdict = local_deny(request, code=TIMEOUT, message="slow", now=100.0)
+    assert (verdict.decision, verdict.codes, verdict.policy_version) == ("deny", [TIMEOUT],
+                                                                          "local")
+    assert verdict.decided_at == verdict.expires_at == 100.0
+    assert verdict.action_digest == request.digest and verdict.signature is None
+    assert not verify_verdict(verdict, request, None, 100.0).allowed
+
+
+def test_parse_record() -> None:
+    request = _request()
+    verdict = _allow(request)
+    assert parse_record(encode(verdict)) == (request.request_id, verdict)
+    rid, failure = parse_record(orjson.dumps({"request_id": "r-1", "decision": "allow"}))
+    assert rid == "r-1" and isinstance(failure, Failure) and failure.code == INVALID_VERDICT
+    assert parse_record(b"\xff not json")[0] is None
+    assert parse_record(None)[0] is None
+
+
+# --------------------------------------------------------------------------- hygiene
+def test_import_hygiene_in_a_fresh_interpreter() -> None:
+    code = (
+        "import sys, holdgate.client\n"
+        "heavy = ('faust', 'numpy', 'sklearn', 'cedarpy', 'aiokafka', 'mode')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+        "holdgate.client.AsyncGate\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'faust', 'numpy', 'sklearn', "
+        "'cedarpy', 'aiokafka'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.splitlines()
+    assert out == ["[]", "['aiokafka']"]
