@@ -17,7 +17,7 @@ import hashlib
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import orjson
@@ -231,10 +231,20 @@ class Verdict:
         return [r.code for r in self.reasons]
 
     def to_obj(self, *, with_signature: bool = True) -> dict[str, Any]:
-        obj = asdict(self)
-        obj["reasons"] = [asdict(r) for r in self.reasons]
-        if not with_signature:
-            obj.pop("signature")
+        # Built by hand: dataclasses.asdict deep-copies the request and dominated
+        # the worker's per-action cost (see bench/decide.py).
+        obj = {
+            "schema_version": self.schema_version, "request_id": self.request_id,
+            "agent_id": self.agent_id, "decision": self.decision,
+            "reasons": [{"code": r.code, "message": r.message, "policy_id": r.policy_id}
+                        for r in self.reasons],
+            "policy_version": self.policy_version, "model_version": self.model_version,
+            "signals": self.signals, "action_digest": self.action_digest,
+            "decided_at": self.decided_at, "expires_at": self.expires_at,
+            "request": self.request,
+        }
+        if with_signature:
+            obj["signature"] = self.signature
         return obj
 
     @classmethod

@@ -34,7 +34,11 @@ class Settings:
     batch_max: int = 256            # micro-batch size cap
     batch_within: float = 0.002     # seconds to wait filling a micro-batch
     datadir: str = ".holdgate/worker"
-    max_clock_skew: float = 30.0    # seconds occurred_at may differ from the worker clock
+    max_clock_skew: float = 10.0    # seconds occurred_at may differ from the broker append time
+    recovery_hold: float = 60.0     # event-time seconds a partition with lost state is denied
+    idle_ttl: float = 86_400.0      # evict an agent's state after this much event time unseen
+    session_timeout: float = 10.0   # seconds before a crashed worker's partitions move
+    signals: str = "on"             # "off" only for benchmarks: guards then see zeros
     web_port: int = 0               # faust web server; 0 disables it
     log_level: str = "warning"
 
@@ -59,6 +63,10 @@ class Settings:
             raise ConfigError("batch_max must be >= 1 and batch_within >= 0")
         if self.verdict_ttl <= 0:
             raise ConfigError("verdict_ttl must be > 0 seconds")
+        if self.signals not in ("on", "off"):
+            raise ConfigError("signals must be 'on' or 'off'")
+        if self.recovery_hold < 0 or self.idle_ttl <= 0:
+            raise ConfigError("recovery_hold must be >= 0 and idle_ttl > 0 seconds")
         topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic}
         if len(topics) != 3:
             raise ConfigError("actions, verdicts and deadletter topics must differ")
@@ -67,6 +75,15 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The `HOLDGATE_*` variables that recreate these settings in a child process."""
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def state_table(self) -> str:
+        return "agent-state"
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust's name for the table's changelog; holdgate creates it (compacted)."""
+        return f"{self.app_id}-{self.state_table}-changelog"
 
     @property
     def key_bytes(self) -> bytes | None:

@@ -6,11 +6,12 @@ partitions of its own agents.  Mismatched existing topics are refused, loudly.
 """
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from holdgate.errors import ConfigError
 from holdgate.settings import Settings
@@ -22,16 +23,25 @@ def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(name, partitions, config) for every topic the gate owns."""
     week = str(7 * 24 * 3600 * 1000)
     return [
-        (settings.actions_topic, settings.partitions, {"retention.ms": week}),
+        # LogAppendTime: the broker stamps each action, a time the agent cannot forge
+        # and a replay reads back unchanged (see stream.decider._event_view).
+        (settings.actions_topic, settings.partitions,
+         {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         (settings.verdicts_topic, settings.partitions, {"retention.ms": week}),
         (settings.deadletter_topic, 1, {"retention.ms": week}),
+        # Per-agent state: compacted, so it keeps the latest state of every agent forever.
+        (settings.changelog_topic, settings.partitions, {"cleanup.policy": "compact"}),
     ]
 
 
 def partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
     wanted = set(names)
     counts: dict[str, int] = {}
-    for meta in admin.describe_topics(list(wanted)):
+    try:
+        described = admin.describe_topics(list(wanted))
+    except KafkaError:
+        return {}                       # not there yet (or being deleted): caller retries
+    for meta in described:
         if meta.get("error_code", 0) == 0 and meta.get("partitions"):
             counts[meta.get("name") or meta.get("topic")] = len(meta["partitions"])
     return counts
@@ -52,13 +62,23 @@ def ensure_topics(settings: Settings, *, admin: KafkaAdminClient | None = None) 
                 admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # another worker won the race: fine, counts are checked below
-        counts = partition_counts(admin, [t[0] for t in topics])
+        # Creation is asynchronous on the controller: poll until metadata shows every topic.
+        names = [t[0] for t in topics]
+        deadline = time.monotonic() + 15.0
+        counts = partition_counts(admin, names)
+        while len(counts) < len(names) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = partition_counts(admin, names)
     finally:
         if own:
             admin.close()
-    a, v = counts.get(settings.actions_topic), counts.get(settings.verdicts_topic)
-    if a != v:
-        raise ConfigError(f"{settings.actions_topic} has {a} partitions but "
-                          f"{settings.verdicts_topic} has {v}; they must match so verdicts "
-                          "return to their agent's partition")
+    a = counts.get(settings.actions_topic)
+    for other in (settings.verdicts_topic, settings.changelog_topic):
+        if counts.get(other) != a:
+            raise ConfigError(f"{settings.actions_topic} has {a} partitions but {other} has "
+                              f"{counts.get(other)}; they must match so verdicts and state "
+                              "stay with their agent's partition")
+    if a != settings.partitions:
+        raise ConfigError(f"{settings.actions_topic} has {a} partitions but settings say "
+                          f"{settings.partitions}; set HOLDGATE_PARTITIONS={a}")
     return counts

@@ -81,7 +81,7 @@ class PolicyEngine:
     """
 
     __slots__ = ("_bundle", "_policy_set", "_entities", "_known_uids", "_agents",
-                 "_types", "_infos", "_signal_names", "_permit", "_forbid", "_cache")
+                 "_types", "_infos", "_signal_names", "_rank", "_permit", "_forbid", "_cache")
 
     def __init__(self, bundle: PolicyBundle) -> None:
         self._bundle = bundle
@@ -92,6 +92,7 @@ class PolicyEngine:
         self._types = bundle.entity_types
         self._infos = bundle.policies
         self._signal_names = bundle.signals_read
+        self._rank = {pid: i for i, pid in enumerate(bundle.policy_ids)}
         # Reasons and whole decisions depend only on the determining policy
         # ids, so they are built once and shared (all frozen).
         self._permit = {pid: Reason(code=codes.PERMITTED, message=i.reason, policy_id=pid)
@@ -230,6 +231,9 @@ class PolicyEngine:
             return self._entities
         return self._entities.with_added_json_str(orjson.dumps(delta).decode())
 
+    def _order_of(self, policy_id: str) -> tuple[int, str]:
+        return (self._rank.get(policy_id, len(self._rank)), policy_id)
+
     def _to_decision(self, answer: cedarpy.AuthzResult, request: ActionRequest) -> PolicyDecision:
         diagnostics = answer.diagnostics
         errors = diagnostics.errors
@@ -240,7 +244,9 @@ class PolicyEngine:
                 reasons.append(Reason(code=codes.POLICY_ERROR, message=error,
                                       policy_id=match.group(1) if match else None))
             return PolicyDecision("deny", tuple(reasons))
-        determining = tuple(diagnostics.reasons)
+        # Cedar reports determining policies in hash order; bundle order makes verdicts
+        # byte-identical across runs and replays.
+        determining = tuple(sorted(diagnostics.reasons, key=self._order_of))
         allowed = answer.allowed
         if determining:
             key = (allowed, determining)

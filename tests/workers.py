@@ -1,0 +1,76 @@
+"""Run real `holdgate worker` processes for end-to-end tests.
+
+A worker is a child process started exactly as an operator would start it,
+configured only through `HOLDGATE_*` variables, so these tests cover the CLI,
+settings and Faust wiring as well as the decision logic.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from holdgate.settings import Settings
+
+__all__ = ["WorkerProcess"]
+
+
+class WorkerProcess:
+    """A `holdgate worker` child; `wait_ready` proves it by getting a real verdict back."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.settings.to_env()}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "holdgate", "worker"], env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def wait_ready(self, agent_id: str = "support-bot-1", timeout: float = 90.0) -> None:
+        """Block until a probe action gets a worker-made verdict (any decision)."""
+        from holdgate.client import Gate
+
+        deadline = time.monotonic() + timeout
+        with Gate(bootstrap=self.settings.bootstrap, agent_id=agent_id,
+                  settings=self.settings) as gate:
+            while time.monotonic() < deadline:
+                self.assert_alive()
+                v = gate.check(action="tickets.read", resource={"type": "Ticket", "id": "probe"},
+                               timeout=3.0)
+                if v.policy_version != "local":
+                    return
+        raise TimeoutError(f"worker not ready after {timeout}s; log:\n{self.log()}")
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+        finally:
+            if self._log:
+                self._log.close()
