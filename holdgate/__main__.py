@@ -1,0 +1,3 @@
+from holdgate.cli import main
+
+main()

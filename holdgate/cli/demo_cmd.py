@@ -1,0 +1,83 @@
+"""`holdgate demo`: a small simulated fleet against the running worker."""
+from __future__ import annotations
+
+import threading
+import time
+
+import click
+
+from holdgate.cli.render import verdict_line
+from holdgate.settings import Settings
+
+__all__ = ["demo"]
+
+
+@click.command()
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds each action holds for its verdict.")
+@click.option("--skip-tour", is_flag=True, help="Skip the policy walk-through.")
+@click.option("--skip-burst", is_flag=True, help="Skip the machine-speed phase.")
+@click.option("--verbose", is_flag=True, help="In the burst phase, print every verdict.")
+@click.pass_obj
+def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
+         verbose: bool) -> None:
+    """Run a simulated fleet against `holdgate worker` and summarise what the gate did.
+
+    Needs a running worker on the same bootstrap and topics (./dev demo starts
+    both). Exits 1 if the gate never answers.
+    """
+    from holdgate.client import Gate
+    from holdgate.demo import FleetReport, run_machine_speed, run_policy_tour, wait_for_gate
+
+    report = FleetReport()
+    lock = threading.Lock()
+    burst_shown: dict[str, int] = {}
+
+    def show_tour(step, verdict) -> None:  # type: ignore[no-untyped-def]
+        click.echo(verdict_line(verdict))
+        click.secho(f"           ↳ {step.note}: " + "; ".join(
+            r.message for r in verdict.reasons if r.message)[:110], dim=True)
+
+    started = time.monotonic()
+    counts: dict[str, int] = {}
+
+    def show_burst(step, verdict) -> None:  # type: ignore[no-untyped-def]
+        with lock:
+            n = counts[step.agent] = counts.get(step.agent, 0) + 1
+            if verbose:
+                click.echo(verdict_line(verdict))
+                return
+            if verdict.allowed and step.note == "human pace":
+                click.echo(verdict_line(verdict))
+            elif not verdict.allowed and step.agent not in burst_shown:
+                burst_shown[step.agent] = n
+                ms = (time.monotonic() - started) * 1000
+                click.echo(verdict_line(verdict))
+                click.secho(f"           ↳ {step.note}: cut off at action #{n}, "
+                            f"{ms:.0f} ms into the burst; every later attempt is denied too",
+                            fg="yellow")
+
+    with Gate(bootstrap=settings.bootstrap, agent_id="support-bot-1", settings=settings) as gate:
+        click.echo(f"waiting for the holdgate worker on {settings.bootstrap} ...")
+        if not wait_for_gate(gate):
+            raise click.ClickException("no verdict from the gate: is `holdgate worker` running?")
+        if not skip_tour:
+            click.secho("\n── phase 1: policy-as-code (Cedar) ─────────────────────────────",
+                        bold=True)
+            run_policy_tour(gate, report, show_tour, timeout=timeout)
+        if not skip_burst:
+            click.secho("\n── phase 2: machine speed (runaway loop, record sweep) ─────────",
+                        bold=True)
+            started = time.monotonic()
+            run_machine_speed(gate, report, show_burst, timeout=timeout)
+    _summary(report)
+
+
+def _summary(report) -> None:  # type: ignore[no-untyped-def]
+    click.secho("\n── summary ─────────────────────────────────────────────────────", bold=True)
+    click.echo(f"{'agent':<16} {'allow':>6} {'deny':>6}  {'first deny':>10}  top deny codes")
+    for agent, allowed, denied, codes, cut in report.rows():
+        click.echo(f"{agent:<16} {allowed:>6} {denied:>6}  {cut:>10}  {codes}")
+    p50, p99 = report.latency_ms()
+    click.echo(f"\nhold latency (publish → verified verdict): p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+               f"over {len(report.latencies)} actions")

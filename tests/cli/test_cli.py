@@ -1,0 +1,77 @@
+"""The `holdgate` command line as a user runs it (a real subprocess, real exit codes)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from holdgate.policies import default_bundle_path
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "holdgate", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("cmd", [[], ["worker"], ["policy", "test"], ["kafka", "up"], ["send"],
+                                 ["tail"], ["demo"]])
+def test_help_is_there_for_every_command(cmd: list[str]) -> None:
+    out = _run(*cmd, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout and len(out.stdout.splitlines()) > 4
+
+
+def test_policy_validate_and_test_default_bundle() -> None:
+    out = _run("policy", "validate")
+    assert out.returncode == 0 and "ok:" in out.stdout and "sha256:" in out.stdout
+    out = _run("policy", "test")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " passed, 0 failed" in out.stdout
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), dst)
+    return dst
+
+
+def test_policy_test_fails_on_a_wrong_case(bundle_copy: Path) -> None:
+    case = sorted((bundle_copy / "cases" / "allow").glob("*.json"))[0]
+    obj = json.loads(case.read_text())
+    obj["expect"] = "deny"
+    (bundle_copy / "cases" / "deny" / case.name).write_text(json.dumps(obj))
+    case.unlink()
+    out = _run("policy", "test", str(bundle_copy))
+    assert out.returncode == 1
+    assert "FAIL" in out.stdout and case.stem in out.stdout and "1 failed" in out.stdout
+
+
+def test_worker_refuses_an_invalid_bundle(bundle_copy: Path) -> None:
+    policy = bundle_copy / "policy.cedar"
+    policy.write_text(policy.read_text() + '\n@id("broken")\npermit (principal, action, resource'
+                      ' ) when { context.nope.nope == };\n')
+    out = _run("policy", "validate", str(bundle_copy))
+    assert out.returncode == 2 and "policy.cedar" in out.stderr
+    out = _run("worker", "--policy-dir", str(bundle_copy),
+               env={"HOLDGATE_BOOTSTRAP": "127.0.0.1:1"}, timeout=60)
+    assert out.returncode == 2 and "policy.cedar" in out.stderr, out.stderr
+
+
+def test_kafka_status_says_not_running(tmp_path: Path) -> None:
+    out = _run("kafka", "status", "--dir", str(tmp_path / "nothing"))
+    assert out.returncode == 1 and "running: False" in out.stdout
+
+
+def test_send_prints_a_timeout_deny_without_a_worker(gate_settings) -> None:  # type: ignore[no-untyped-def]
+    out = _run("send", "--agent", "support-bot-1", "--action", "tickets.read",
+               "--resource", "Ticket:T-1", "--timeout", "1", "--json",
+               env=gate_settings.to_env())
+    assert out.returncode == 1, out.stderr
+    verdict = json.loads(out.stdout)
+    assert verdict["decision"] == "deny" and verdict["reasons"][0]["code"] == "TIMEOUT"
