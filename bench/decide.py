@@ -1,0 +1,100 @@
+"""Decision cost per action inside the worker, with behavioural signals on versus off.
+
+Drives the real `Decider` (decode, clock/routing checks, signals, Cedar, verdict
+encoding and signing) over the same records in one run, so the ratio is what
+the signals cost.  The state backend is the same BatchStates/DictBackend pair
+the Faust table wraps, so state decode/encode per batch is included.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from holdgate.client import partition_for
+from holdgate.events import ActionRequest, encode
+from holdgate.models import SignalComputer
+from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
+from holdgate.stream.decider import Decider
+from holdgate.stream.records import RawRecord
+from holdgate.stream.recovery import RecoveryGuard
+from holdgate.stream.state import BatchStates, DictBackend, Watermarks
+
+PARTS = 4
+AGENTS = ("support-bot-1", "support-bot-2", "billing-bot-1", "coder-bot-1", "data-bot-1",
+          "audit-bot-1")
+MIX = (("support-bot-1", "tickets.read", "Ticket"), ("support-bot-2", "tickets.reply", "Ticket"),
+       ("billing-bot-1", "invoices.read", "Invoice"), ("coder-bot-1", "repo.read", "Repository"),
+       ("data-bot-1", "records.read", "Record"), ("audit-bot-1", "customers.read", "Customer"))
+
+
+def _records(n: int, t0: float) -> list[RawRecord]:
+    out, offsets = [], [0] * PARTS
+    for i in range(n):
+        agent, action, rtype = MIX[i % len(MIX)]
+        attrs = {"Invoice": {"amount_cents": 100}, "Repository": {"environment": "staging"},
+                 "Record": {"sensitivity": "internal"}, "Customer": {"pii_level": "low"}}
+        req = ActionRequest.create(agent_id=agent, action=action,
+                                   resource={"type": rtype, "id": f"{rtype.lower()}-{i % 97}",
+                                             "attributes": attrs.get(rtype, {})},
+                                   context={"ticket": f"T-{i % 13}"},
+                                   occurred_at=t0 + i * 0.05)
+        p = partition_for(agent, PARTS)
+        out.append(RawRecord(key=agent.encode(), value=encode(req), partition=p,
+                             offset=offsets[p], timestamp=req.occurred_at))
+        offsets[p] += 1
+    return out
+
+
+def _run(engine: PolicyEngine, version: str, records: list[RawRecord], batch: int,
+         signals: bool, t0: float) -> tuple[float, dict[str, float]]:
+    backend = DictBackend()
+    guard = RecoveryGuard(Watermarks(backend), 60.0)
+    decider = Decider(engine=engine, policy_version=version, signing_key=b"k",
+                      partitions=PARTS, signals=SignalComputer() if signals else None,
+                      clock=lambda: t0 + len(records) * 0.05)
+    start = time.perf_counter()
+    for i in range(0, len(records), batch):
+        states = BatchStates(backend, lambda a: partition_for(a, PARTS))
+        decider.decide_batch(records[i:i + batch], states, guard)
+        states.flush()
+        guard.flush()
+    per_action = (time.perf_counter() - start) / len(records) * 1e6
+    tm = decider.timings
+    parts = {k: tm[k] / len(records) * 1e6 for k in ("decode", "signals", "policy", "encode")}
+    return per_action, parts
+
+
+def run(*, n: int = 6000, repeats: int = 5) -> dict[str, Any]:
+    bundle = PolicyBundle.load(default_bundle_path())
+    engine = PolicyEngine(bundle)
+    t0 = time.time()
+    records = _records(n, t0)
+    out: dict[str, Any] = {"n": n, "repeats": repeats, "batches": {}}
+    for batch in (1, 16, 256):
+        row: dict[str, Any] = {}
+        for signals in (False, True):
+            runs = [_run(engine, bundle.version, records, batch, signals, t0)
+                    for _ in range(repeats)]
+            med = statistics.median(r[0] for r in runs)
+            row["on" if signals else "off"] = {"us_per_action": med,
+                                               "breakdown_us": runs[len(runs) // 2][1]}
+        row["ratio"] = row["on"]["us_per_action"] / row["off"]["us_per_action"]
+        out["batches"][batch] = row
+        print(f"  batch {batch:>3}: off {row['off']['us_per_action']:.1f} µs, "
+              f"on {row['on']['us_per_action']:.1f} µs", flush=True)
+    return out
+
+
+def report(res: dict[str, Any]) -> str:
+    lines = [f"decide: µs per action in the Decider, {res['n']} actions, median of "
+             f"{res['repeats']} runs",
+             f"{'batch':>5} {'signals off':>12} {'signals on':>11} {'ratio':>6}   breakdown (on):"
+             " decode / signals / policy / encode"]
+    for batch, row in res["batches"].items():
+        b = row["on"]["breakdown_us"]
+        lines.append(f"{batch:>5} {row['off']['us_per_action']:>12.1f} "
+                     f"{row['on']['us_per_action']:>11.1f} {row['ratio']:>5.2f}x   "
+                     f"{b['decode']:.1f} / {b['signals']:.1f} / {b['policy']:.1f} / "
+                     f"{b['encode']:.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Hold latency and sustained throughput: holdgate's worker against an echo floor.
+
+Both processors run as real worker processes on the same broker in the same
+run, and the same SDK drives them:
+- latency: C agents in closed loops (one check in flight per agent), for D s;
+- throughput: one AsyncGate keeping W checks in flight across the fleet, for D s.
+The echo processor is the same Faust app with no decision (bench/echo_worker.py),
+so the ratio isolates what holdgate's decision logic adds.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from common import bench_settings, fleet_bundle, summary_ms, worker
+
+from holdgate.client import AsyncGate, Gate, partition_for
+
+
+def _resource(i: int) -> dict[str, Any]:
+    return {"type": "Ticket", "id": f"T-{i % 5000}"}
+
+
+def _one_per_partition(agents: list[str], partitions: int) -> list[str]:
+    """Warm-up set: the timed part should never wait on a new partition assignment."""
+    firsts: dict[int, str] = {}
+    for a in agents:
+        firsts.setdefault(partition_for(a, partitions), a)
+    return list(firsts.values())
+
+
+def _wait_ready(gate: Gate, agent: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = gate.check(action="tickets.read", resource=_resource(0), agent_id=agent, timeout=2)
+        if v.policy_version != "local":
+            return
+    raise SystemExit("worker never answered; see its log in the datadir")
+
+
+def closed_loop(settings: Any, agents: list[str], seconds: float,
+                n_lanes: int) -> dict[str, Any]:
+    lat: list[float] = []
+    lock = threading.Lock()
+    codes: dict[str, int] = {}
+    stop = time.monotonic() + seconds
+    with Gate(bootstrap=settings.bootstrap, agent_id=agents[0], settings=settings) as gate:
+        _wait_ready(gate, agents[0])
+        for a in _one_per_partition(agents, settings.partitions):
+            gate.check(action="tickets.read", resource=_resource(0), agent_id=a, timeout=30)
+
+        def run(lane: int) -> None:
+            # Each closed loop cycles through its share of the fleet, so no single agent
+            # trips the per-agent rate guards and the run measures the allow path.
+            mine = agents[lane::n_lanes]
+            i = 0
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                v = gate.check(action="tickets.read", resource=_resource(i),
+                               agent_id=mine[i % len(mine)], timeout=10)
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+                    codes[v.codes[0]] = codes.get(v.codes[0], 0) + 1
+                i += 1
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n_lanes)]
+        t_start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t_start
+    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes}
+
+
+async def _open_window(settings: Any, agents: list[str], seconds: float,
+                       window: int) -> dict[str, Any]:
+    lat: list[float] = []
+    codes: dict[str, int] = {}
+    async with AsyncGate(bootstrap=settings.bootstrap, agent_id=agents[0],
+                         settings=settings) as gate:
+        for a in _one_per_partition(agents, settings.partitions):
+            await gate.check(action="tickets.read", resource=_resource(0), agent_id=a,
+                             timeout=30)
+        # a short unmeasured warm-up so JIT-less start-up costs (first batches, metadata,
+        # connection setup) are not in the figures
+        await asyncio.gather(*(gate.check(action="tickets.read", resource=_resource(i),
+                                          agent_id=agents[i % len(agents)], timeout=30)
+                               for i in range(window * 4)))
+        stop = time.monotonic() + seconds
+        counter = iter(range(10**9))
+
+        async def lane(k: int) -> None:
+            while time.monotonic() < stop:
+                i = next(counter)
+                t0 = time.perf_counter()
+                v = await gate.check(action="tickets.read", resource=_resource(i),
+                                     agent_id=agents[i % len(agents)], timeout=10)
+                lat.append(time.perf_counter() - t0)
+                codes[v.codes[0]] = codes.get(v.codes[0], 0) + 1
+
+        t_start = time.perf_counter()
+        await asyncio.gather(*(lane(k) for k in range(window)))
+        elapsed = time.perf_counter() - t_start
+    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes}
+
+
+def run(bootstrap: str, *, agents: int, seconds: float, window: int,
+        n_fleet: int) -> dict[str, Any]:
+    bundle, fleet = fleet_bundle(n_fleet)
+    out: dict[str, Any] = {"config": {"agents": agents, "seconds": seconds, "window": window,
+                                      "fleet": n_fleet, "partitions": 4}}
+    for name, echo in (("echo", True), ("holdgate", False)):
+        settings = bench_settings(bootstrap, name, policy_dir=str(bundle))
+        with worker(settings, echo=echo):
+            print(f"[{name}] closed loop: {agents} agents x {seconds:.0f}s ...", flush=True)
+            with Gate(bootstrap=bootstrap, agent_id=fleet[0], settings=settings) as g:
+                _wait_ready(g, fleet[0])
+            latency = closed_loop(settings, fleet, seconds, agents)
+            print(f"[{name}] open window: {window} in flight x {seconds:.0f}s ...", flush=True)
+            tput = asyncio.run(_open_window(settings, fleet, seconds, window))
+        out[name] = {"latency": latency, "throughput": tput}
+    return out
+
+
+def report(res: dict[str, Any]) -> str:
+    e, h = res["echo"], res["holdgate"]
+    rows = [
+        ("hold latency p50 (ms), closed loop", e["latency"]["p50_ms"], h["latency"]["p50_ms"]),
+        ("hold latency p99 (ms), closed loop", e["latency"]["p99_ms"], h["latency"]["p99_ms"]),
+        ("actions/s, closed loop", e["latency"]["throughput"], h["latency"]["throughput"]),
+        ("hold latency p50 (ms), window", e["throughput"]["p50_ms"], h["throughput"]["p50_ms"]),
+        ("hold latency p99 (ms), window", e["throughput"]["p99_ms"], h["throughput"]["p99_ms"]),
+        ("max sustained actions/s, window", e["throughput"]["throughput"],
+         h["throughput"]["throughput"]),
+    ]
+    c = res["config"]
+    lines = [f"hold: {c['agents']} closed-loop agents, window {c['window']}, {c['seconds']:.0f}s "
+             f"each, fleet {c['fleet']}, {c['partitions']} partitions",
+             f"{'metric':<38} {'echo':>10} {'holdgate':>10} {'ratio':>7}"]
+    for label, a, b in rows:
+        lines.append(f"{label:<38} {a:>10.1f} {b:>10.1f} {b / a if a else float('nan'):>6.2f}x")
+    lines.append(f"holdgate verdict codes (window): {h['throughput']['codes']}")
+    return "\n".join(lines)

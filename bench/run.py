@@ -1,0 +1,52 @@
+"""holdgate benchmarks: figures, not assertions.  `python bench/run.py --help`.
+
+Each prints medians/p99 and ratios against a baseline measured in the same
+run, and saves JSON under bench/results/ for the README.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="?", default="all", choices=["all", "hold", "decide", "memory"],
+                    help="hold: end-to-end latency/throughput vs echo floor (starts Kafka and "
+                         "workers); decide: per-action cost, signals on vs off; memory: state "
+                         "per agent and for 100k agents")
+    ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each hold phase")
+    ap.add_argument("--agents", type=int, default=8, help="closed-loop agents (hold)")
+    ap.add_argument("--window", type=int, default=256, help="checks in flight (hold)")
+    ap.add_argument("--fleet", type=int, default=1000, help="distinct agent ids (hold)")
+    ap.add_argument("--memory-agents", type=int, default=100_000)
+    args = ap.parse_args()
+    print(f"machine: {common.machine()}")
+    if args.which in ("all", "decide"):
+        import decide
+        res = decide.run()
+        common.save("decide", res)
+        print(decide.report(res), "\n", flush=True)
+    if args.which in ("all", "memory"):
+        import memory
+        res = memory.run(agents=args.memory_agents)
+        common.save("memory", res)
+        print(memory.report(res), "\n", flush=True)
+    if args.which in ("all", "hold"):
+        import hold
+        with common.broker(args.bootstrap) as bootstrap:
+            res = hold.run(bootstrap, agents=args.agents, seconds=args.seconds,
+                           window=args.window, n_fleet=args.fleet)
+        common.save("hold", res)
+        print(hold.report(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
