@@ -153,6 +153,18 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
             log.info("evicted %d idle agent(s) in %.1f ms", evicted,
                      (time.perf_counter() - t0) * 1000)
 
+    @app.timer(interval=60.0)
+    async def report_costs() -> None:
+        """Where the time goes, per action, since the last report (log level info)."""
+        tm = decider.timings
+        n = tm.get("actions", 0.0)
+        if n:
+            log.info("decided %d actions; µs/action: decode %.1f, signals %.1f, policy %.1f, "
+                     "encode %.1f", n, *(tm.get(k, 0.0) / n * 1e6
+                                          for k in ("decode", "signals", "policy", "encode")))
+            for key in tm:
+                tm[key] = 0.0
+
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
         for tp in revoked:
