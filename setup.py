@@ -4,7 +4,7 @@ setuptools' `package-dir` maps the user's top-level folders (stream/, models/,
 policies/) under the `holdgate` import root; `find_packages` on each folder
 adds every nested subpackage with the right dotted name.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOTS = {"holdgate": "holdgate", "holdgate.stream": "stream",
          "holdgate.models": "models", "holdgate.policies": "policies"}
@@ -14,7 +14,9 @@ package_dir: dict[str, str] = {}
 for name, folder in ROOTS.items():
     packages.append(name)
     package_dir[name] = folder
-    for sub in find_packages(folder, exclude=["*.tests", "*.tests.*"]):
+    # Namespace discovery also lists data-only folders (schemas/, policies/default/...),
+    # so setuptools ships their files instead of warning that it would ignore them.
+    for sub in find_namespace_packages(folder, exclude=["*__pycache__*"]):
         packages.append(f"{name}.{sub}")
         package_dir[f"{name}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
 

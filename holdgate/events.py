@@ -26,7 +26,7 @@ from holdgate.errors import ValidationError
 
 __all__ = [
     "SCHEMA_VERSION", "MAX_RECORD_BYTES", "Resource", "ActionRequest", "Reason",
-    "Verdict", "Decision", "decode_request", "encode", "decode_verdict",
+    "Verdict", "Decision", "Decided", "decode_request", "encode", "decode_verdict",
     "action_digest", "new_request_id",
 ]
 
@@ -195,6 +195,22 @@ class ActionRequest:
         return action_digest(self.to_obj())
 
 
+class Decided:
+    """`allowed` and `codes` for anything that carries a decision and its reasons."""
+
+    __slots__ = ()
+    decision: Decision
+    reasons: tuple[Reason, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    @property
+    def codes(self) -> list[str]:
+        return [r.code for r in self.reasons]
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
     """Why: a machine code, the policy (if any) that determined it, and prose for humans."""
@@ -205,7 +221,7 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(Decided):
     """The decision record: enough to reconstruct, audit and verify one decision."""
 
     request_id: str
@@ -221,14 +237,6 @@ class Verdict:
     request: dict[str, Any] | None = None
     signature: str | None = None
     schema_version: int = SCHEMA_VERSION
-
-    @property
-    def allowed(self) -> bool:
-        return self.decision == "allow"
-
-    @property
-    def codes(self) -> list[str]:
-        return [r.code for r in self.reasons]
 
     def to_obj(self, *, with_signature: bool = True) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies the request and dominated

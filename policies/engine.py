@@ -33,7 +33,7 @@ import cedarpy
 import orjson
 
 from holdgate import reasons as codes
-from holdgate.events import ActionRequest, Decision, Reason
+from holdgate.events import ActionRequest, Decided, Decision, Reason
 from holdgate.policies.bundle import PRINCIPAL_TYPE, SIGNAL_NAMES, PolicyBundle
 
 __all__ = ["SIGNAL_NAMES", "PolicyDecision", "PolicyEngine"]
@@ -46,19 +46,11 @@ Uid = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyDecision:
+class PolicyDecision(Decided):
     """Cedar's answer for one request, with the reasons a verdict will carry."""
 
     decision: Decision
     reasons: tuple[Reason, ...]
-
-    @property
-    def allowed(self) -> bool:
-        return self.decision == "allow"
-
-    @property
-    def codes(self) -> list[str]:
-        return [r.code for r in self.reasons]
 
 
 def _deny(code: str, message: str, policy_id: str | None = None) -> PolicyDecision:

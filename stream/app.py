@@ -19,7 +19,7 @@ from holdgate.settings import Settings
 from holdgate.stream.decider import Decider
 from holdgate.stream.records import RawRecord
 from holdgate.stream.recovery import RecoveryGuard
-from holdgate.stream.state import BatchStates, Watermarks
+from holdgate.stream.state import BatchStates, Watermarks, evict_idle
 
 __all__ = ["create_app", "TableBackend"]
 
@@ -128,27 +128,11 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
                     partition_time[p] = t
 
     @app.timer(interval=max(1.0, min(60.0, settings.idle_ttl / 10)))
-    async def evict_idle() -> None:
+    async def evict_idle_agents() -> None:
         """Drop agents unseen for idle_ttl of their partition's event time (bounded memory)."""
-        from holdgate.errors import ModelError
-        from holdgate.models import AgentState
-
-        t0, evicted = time.perf_counter(), 0
-        for agent in backend.keys():
-            if agent.startswith("~"):
-                continue
-            p = partition_for(agent, parts)
-            now = partition_time.get(p)
-            blob = backend.get(agent)
-            if now is None or blob is None:
-                continue
-            try:
-                idle = now - AgentState.from_bytes(blob).last_seen
-            except ModelError:
-                continue        # left for the decider, which holds the partition
-            if idle > settings.idle_ttl:
-                backend.delete(p, agent)
-                evicted += 1
+        t0 = time.perf_counter()
+        evicted = evict_idle(backend, lambda agent: partition_for(agent, parts), partition_time,
+                             settings.idle_ttl)
         if evicted:
             log.info("evicted %d idle agent(s) in %.1f ms", evicted,
                      (time.perf_counter() - t0) * 1000)

@@ -24,7 +24,7 @@ from holdgate.errors import ModelError
 from holdgate.models import AgentState
 
 __all__ = ["StateBackend", "DictBackend", "BatchStates", "Watermarks", "PartitionMark",
-           "watermark_key"]
+           "watermark_key", "evict_idle"]
 
 
 class StateBackend(Protocol):
@@ -141,3 +141,30 @@ class Watermarks:
     def put(self, partition: int, mark: PartitionMark) -> None:
         self._backend.put(partition, watermark_key(partition), orjson.dumps(
             {"offset": mark.offset, "hold_until": mark.hold_until}))
+
+
+def evict_idle(backend: StateBackend, partition_of: Callable[[str], int],
+               partition_time: dict[int, float], idle_ttl: float) -> int:
+    """Delete (tombstone) agents unseen for `idle_ttl` of their partition's event time.
+
+    Event time, not the wall clock: a replay evicts the same agents, and a quiet
+    partition keeps its agents until its own traffic moves time on.  Partitions
+    this worker has no time for (not assigned, nothing seen yet) are left alone.
+    """
+    evicted = 0
+    for agent in backend.keys():
+        if agent.startswith("~"):
+            continue
+        part = partition_of(agent)
+        now = partition_time.get(part)
+        blob = backend.get(agent)
+        if now is None or blob is None:
+            continue
+        try:
+            idle = now - AgentState.from_bytes(blob).last_seen
+        except ModelError:
+            continue            # left for the decider, which holds the partition
+        if idle > idle_ttl:
+            backend.delete(part, agent)
+            evicted += 1
+    return evicted

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from holdgate.settings import Settings
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "publish_raw"]
 
 
 class WorkerProcess:
@@ -74,3 +74,38 @@ class WorkerProcess:
         finally:
             if self._log:
                 self._log.close()
+
+
+def publish_raw(settings: Settings, request: Any, *, partition: int | None = None,
+                timeout: float = 20.0) -> tuple[int, dict[str, Any]] | None:
+    """Publish one action as a non-SDK runtime would; return (partition, verdict) or None.
+
+    With partition None, kafka-python's default partitioner places the record
+    (murmur2 of the key, like Java's), which is itself part of what is tested.
+    """
+    import orjson
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from holdgate.events import encode
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(settings.verdicts_topic, p) for p in range(settings.partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+    producer.send(settings.actions_topic, key=request.agent_id.encode(), value=encode(request),
+                  partition=partition)
+    producer.flush()
+    producer.close()
+    found = None
+    deadline = time.monotonic() + timeout
+    while found is None and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=500).values():
+            for r in recs:
+                obj = orjson.loads(r.value)
+                if obj["request_id"] == request.request_id:
+                    found = (r.partition, obj)
+    consumer.close()
+    return found

@@ -25,7 +25,8 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from holdgate.client.routing import AgentSlot, GateConfig, GuardSpec, partition_for
+from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec,
+                                     unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied, ConfigError
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -341,13 +342,7 @@ class AsyncGate:
                 return
         consumer = self._consumer
         assert consumer is not None
-        todo: dict[int, list[AgentSlot[asyncio.Event]]] = {}
-        for slot in requests:
-            slot.partition = partition_for(slot.agent_id, self._partitions)
-            if slot.partition in self._ready_partitions:
-                slot.ready.set()
-            else:
-                todo.setdefault(slot.partition, []).append(slot)
+        todo = unready_by_partition(requests, self._partitions, self._ready_partitions)
         if not todo:
             return
         topic = self._cfg.verdicts_topic

@@ -26,7 +26,8 @@ from kafka.partitioner.default import murmur2
 from holdgate.errors import ConfigError
 from holdgate.settings import Settings
 
-__all__ = ["partition_for", "GateConfig", "GuardSpec", "AgentSlot", "RETRY_AFTER"]
+__all__ = ["partition_for", "unready_by_partition", "GateConfig", "GuardSpec", "AgentSlot",
+           "RETRY_AFTER"]
 
 RETRY_AFTER = 1.0   # seconds a setup failure is answered from cache before trying again
 
@@ -166,3 +167,19 @@ class AgentSlot(Generic[E]):
     def reusable(self) -> bool:
         """Ready, still setting up, or failed so recently that retrying is pointless."""
         return self.error is None or time.monotonic() - self.failed_at < RETRY_AFTER
+
+
+def unready_by_partition(slots: list[AgentSlot[E]], partitions: int,
+                         ready: set[int] | frozenset[int]) -> dict[int, list[AgentSlot[E]]]:
+    """Route each slot to its verdict partition; release those already assigned.
+
+    Returns the slots still waiting, grouped by the partition to assign for them.
+    """
+    todo: dict[int, list[AgentSlot[E]]] = {}
+    for slot in slots:
+        slot.partition = partition_for(slot.agent_id, partitions)
+        if slot.partition in ready:
+            slot.ready.set()
+        else:
+            todo.setdefault(slot.partition, []).append(slot)
+    return todo

@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from holdgate.client.routing import AgentSlot, GateConfig, GuardSpec, partition_for
+from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec,
+                                     unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied, ConfigError
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -322,13 +323,7 @@ class Gate:
                 return
         consumer = self._consumer
         assert consumer is not None
-        todo: dict[int, list[AgentSlot[threading.Event]]] = {}
-        for slot in requests:
-            slot.partition = partition_for(slot.agent_id, self._partitions)
-            if slot.partition in self._ready_partitions:
-                slot.ready.set()
-            else:
-                todo.setdefault(slot.partition, []).append(slot)
+        todo = unready_by_partition(requests, self._partitions, self._ready_partitions)
         if not todo:
             return
         topic = self._cfg.verdicts_topic

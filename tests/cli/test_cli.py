@@ -75,3 +75,21 @@ def test_send_prints_a_timeout_deny_without_a_worker(gate_settings) -> None:  # 
     assert out.returncode == 1, out.stderr
     verdict = json.loads(out.stdout)
     assert verdict["decision"] == "deny" and verdict["reasons"][0]["code"] == "TIMEOUT"
+
+
+def test_send_and_tail_against_a_running_worker(gate_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
+    start_worker(gate_settings)
+    env = gate_settings.to_env()
+    out = _run("send", "--agent", "coder-bot-1", "--action", "repo.push",
+               "--resource", "Repository:holdgate", env=env)
+    assert out.returncode == 1, out.stderr
+    assert "DENY" in out.stdout and "PRODUCTION_CHANGE" in out.stdout
+    out = _run("send", "--agent", "coder-bot-1", "--action", "repo.push",
+               "--resource", "Repository:holdgate", "--context", '{"approvals": ["human"]}',
+               env=env)
+    assert out.returncode == 0 and "ALLOW" in out.stdout, out.stdout + out.stderr
+    out = _run("tail", "--from-beginning", "--agent", "coder-bot-1", "--max", "2", env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and "DENY" in lines[0] and "ALLOW" in lines[1]
+    assert all("repo.push Repository:holdgate" in line for line in lines)

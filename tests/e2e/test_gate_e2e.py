@@ -11,10 +11,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from holdgate.client import Gate, partition_for
 from holdgate.errors import ActionDenied
-from holdgate.events import ActionRequest, encode
+from holdgate.events import ActionRequest
 from holdgate.policies import PolicyBundle
 from holdgate.settings import Settings
 from holdgate.signing import verify
+from workers import publish_raw
 
 
 @pytest.fixture
@@ -147,25 +148,7 @@ def test_raw_request_from_another_runtime_is_decided(gate_env: Settings) -> None
     """A runtime in any language: JSON by the schema, key = agent_id, no holdgate SDK."""
     req = ActionRequest.create(agent_id="audit-bot-1", action="records.read",
                                resource={"type": "Record", "id": "web-analytics-2024"})
-    producer = KafkaProducer(bootstrap_servers=gate_env.bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=gate_env.bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(gate_env.verdicts_topic, p) for p in range(gate_env.partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
-    producer.send(gate_env.actions_topic, key=b"audit-bot-1", value=encode(req))
-    producer.flush()
-    producer.close()
-    found = None
-    deadline = time.monotonic() + 20
-    while found is None and time.monotonic() < deadline:
-        for recs in consumer.poll(timeout_ms=500).values():
-            for r in recs:
-                obj = orjson.loads(r.value)
-                if obj["request_id"] == req.request_id:
-                    found = (r.partition, obj)
-    consumer.close()
+    found = publish_raw(gate_env, req)
     assert found is not None
     part, obj = found
     assert part == partition_for("audit-bot-1", gate_env.partitions)

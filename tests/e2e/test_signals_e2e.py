@@ -9,11 +9,12 @@ from typing import Any, Callable
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from holdgate.client import Gate, partition_for
-from holdgate.events import ActionRequest, Verdict, encode
+from holdgate.events import ActionRequest, Verdict
 from holdgate.settings import Settings
+from workers import publish_raw
 
 
 def _gate(settings: Settings, agent: str) -> Gate:
@@ -22,7 +23,7 @@ def _gate(settings: Settings, agent: str) -> Gate:
 
 def _reads(gate: Gate, n: int, agent: str = "audit-bot-1", prefix: str = "r") -> list[Verdict]:
     return [gate.check(action="records.read", agent_id=agent, timeout=30,
-                       resource={"type": "Record", "id": f"web-analytics-2024"},
+                       resource={"type": "Record", "id": "web-analytics-2024"},
                        context={"n": f"{prefix}{i}"}) for i in range(n)]
 
 
@@ -173,25 +174,8 @@ def test_skewed_timestamps_are_denied(gate_settings: Settings, start_worker: Cal
     req = ActionRequest.create(agent_id="support-bot-1", action="tickets.read",
                                resource={"type": "Ticket", "id": "T-1"},
                                occurred_at=time.time() + offset)
-    part = partition_for(req.agent_id, gate_settings.partitions)
-    consumer = KafkaConsumer(bootstrap_servers=gate_settings.bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(gate_settings.verdicts_topic, part)
-    consumer.assign([tp])
-    consumer.seek_to_end(tp)
-    consumer.position(tp)
-    producer = KafkaProducer(bootstrap_servers=gate_settings.bootstrap)
-    producer.send(gate_settings.actions_topic, key=b"support-bot-1", value=encode(req),
-                  partition=part)
-    producer.flush()
-    producer.close()
-    found = None
-    deadline = time.monotonic() + 20
-    while found is None and time.monotonic() < deadline:
-        for recs in consumer.poll(timeout_ms=500).values():
-            for r in recs:
-                obj = orjson.loads(r.value)
-                if obj["request_id"] == req.request_id:
-                    found = obj
-    consumer.close()
+    result = publish_raw(gate_settings, req)
+    assert result is not None
+    found = result[1]
     assert found is not None and found["decision"] == "deny"
     assert found["reasons"][0]["code"] == "CLOCK_SKEW" and word in found["reasons"][0]["message"]

@@ -206,3 +206,20 @@ def test_unexpected_engine_failure_denies_everything(engine: PolicyEngine) -> No
     out = _verdicts(result)
     assert len(out) == 3 and {v["reasons"][0]["code"] for v in out} == {"INTERNAL_ERROR"}
     assert len(result.deadletters) == 3
+
+
+def test_idle_agents_are_evicted_on_event_time(engine: PolicyEngine) -> None:
+    from holdgate.stream.state import evict_idle
+
+    pipe = Pipeline(engine)
+    old = _req("support-bot-1", "tickets.read", "Ticket", "T-1", T0, 1)
+    fresh = _req("support-bot-2", "tickets.read", "Ticket", "T-2", T0 + 500, 2)
+    pipe.run([pipe.record(old), pipe.record(fresh)])
+    both = partition_for("support-bot-1", PARTS)
+    assert both == partition_for("support-bot-2", PARTS)
+    part_of = lambda a: partition_for(a, PARTS)  # noqa: E731
+    assert evict_idle(pipe.backend, part_of, {both: T0 + 500}, idle_ttl=600) == 0
+    assert evict_idle(pipe.backend, part_of, {}, idle_ttl=1) == 0          # no time: keep
+    assert evict_idle(pipe.backend, part_of, {both: T0 + 700}, idle_ttl=600) == 1
+    assert "support-bot-1" not in pipe.backend.data and "support-bot-2" in pipe.backend.data
+    assert watermark_key(both) in pipe.backend.data                      # never evicted
