@@ -64,26 +64,30 @@ POLICY_TOUR: tuple[Step, ...] = (
 
 @dataclass
 class FleetReport:
-    """Per-agent tallies and hold latencies, for the summary table."""
+    """Per-agent verdicts, when they came (since the phase began) and hold latencies."""
 
-    verdicts: dict[str, list[Verdict]] = field(default_factory=lambda: defaultdict(list))
+    verdicts: dict[str, list[tuple[float, Verdict]]] = field(
+        default_factory=lambda: defaultdict(list))
     latencies: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, v: Verdict, latency: float) -> None:
         with self.lock:
-            self.verdicts[v.agent_id].append(v)
+            self.verdicts[v.agent_id].append((time.monotonic() - self.started, v))
             self.latencies.append(latency)
 
     def rows(self) -> list[tuple[str, int, int, str, str]]:
+        """(agent, allowed, denied, first deny as '#n after t ms', top codes) per agent."""
         out = []
-        for agent, vs in sorted(self.verdicts.items()):
-            allowed = sum(v.allowed for v in vs)
-            codes = Counter(c for v in vs if not v.allowed for c in v.codes)
-            first_deny = next((i for i, v in enumerate(vs) if not v.allowed), None)
-            cut = "-" if first_deny is None else f"#{first_deny + 1}"
-            out.append((agent, allowed, len(vs) - allowed,
-                        ", ".join(f"{c}×{n}" for c, n in codes.most_common(3)) or "-", cut))
+        for agent, seen in sorted(self.verdicts.items()):
+            allowed = sum(v.allowed for _, v in seen)
+            # one count per verdict and code: several guards may name the same code
+            codes = Counter(c for _, v in seen if not v.allowed for c in set(v.codes))
+            first = next(((i, t) for i, (t, v) in enumerate(seen) if not v.allowed), None)
+            cut = "-" if first is None else f"#{first[0] + 1} at {first[1] * 1000:.0f} ms"
+            out.append((agent, allowed, len(seen) - allowed, cut,
+                        ", ".join(f"{c}×{n}" for c, n in codes.most_common(3)) or "-"))
         return out
 
     def latency_ms(self) -> tuple[float, float]:

@@ -29,7 +29,7 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
     from holdgate.client import Gate
     from holdgate.demo import FleetReport, run_machine_speed, run_policy_tour, wait_for_gate
 
-    report = FleetReport()
+    tour, burst = FleetReport(), FleetReport()
     lock = threading.Lock()
     burst_shown: dict[str, int] = {}
 
@@ -64,20 +64,21 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
         if not skip_tour:
             click.secho("\n── phase 1: policy-as-code (Cedar) ─────────────────────────────",
                         bold=True)
-            run_policy_tour(gate, report, show_tour, timeout=timeout)
+            run_policy_tour(gate, tour, show_tour, timeout=timeout)
+            _summary("policy tour", tour)
         if not skip_burst:
             click.secho("\n── phase 2: machine speed (runaway loop, record sweep) ─────────",
                         bold=True)
-            started = time.monotonic()
-            run_machine_speed(gate, report, show_burst, timeout=timeout)
-    _summary(report)
+            started = burst.started = time.monotonic()
+            run_machine_speed(gate, burst, show_burst, timeout=timeout)
+            _summary("machine speed", burst)
 
 
-def _summary(report) -> None:  # type: ignore[no-untyped-def]
-    click.secho("\n── summary ─────────────────────────────────────────────────────", bold=True)
-    click.echo(f"{'agent':<16} {'allow':>6} {'deny':>6}  {'first deny':>10}  top deny codes")
-    for agent, allowed, denied, codes, cut in report.rows():
-        click.echo(f"{agent:<16} {allowed:>6} {denied:>6}  {cut:>10}  {codes}")
+def _summary(title: str, report) -> None:  # type: ignore[no-untyped-def]
+    click.secho(f"\n── summary: {title} " + "─" * (50 - len(title)), bold=True)
+    click.echo(f"{'agent':<16} {'allow':>6} {'deny':>6}  {'first deny':<16} top deny codes")
+    for agent, allowed, denied, cut, codes in report.rows():
+        click.echo(f"{agent:<16} {allowed:>6} {denied:>6}  {cut:<16} {codes}")
     p50, p99 = report.latency_ms()
     click.echo(f"\nhold latency (publish → verified verdict): p50 {p50:.1f} ms, p99 {p99:.1f} ms "
                f"over {len(report.latencies)} actions")
