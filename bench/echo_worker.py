@@ -44,7 +44,8 @@ def main() -> None:
     settings = Settings.from_env()
     ensure_topics(settings)
     app = create_app(settings, EchoDecider())  # type: ignore[arg-type]
-    faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

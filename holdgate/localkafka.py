@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from holdgate.errors import KafkaSetupError
 
@@ -124,7 +125,7 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.workdir / "broker.log"
 
-    def _read_state(self) -> dict[str, object]:
+    def _read_state(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self._state_file.read_text()))
         except (OSError, ValueError):

@@ -135,7 +135,8 @@ class PolicyBundle:
         try:
             policy_set = cedarpy.PolicySet.from_json_str(json.dumps(est))
         except ValueError as exc:  # pragma: no cover - Cedar produced this EST itself
-            raise _bundle_error(where, [f"{POLICY_FILE}: cannot re-key policies by @id: {exc}"])
+            raise _bundle_error(
+                where, [f"{POLICY_FILE}: cannot re-key policies by @id: {exc}"]) from exc
         signals_read = _signals_read(est, where)
         sources = {POLICY_FILE: policy, SCHEMA_FILE: schema, ENTITIES_FILE: entities}
         return cls(
@@ -274,7 +275,7 @@ def _parse_policies(text: str, where: str) -> tuple[list[PolicyInfo], dict[str, 
     infos: list[PolicyInfo] = []
     by_id: dict[str, PolicyInfo] = {}
     static = est.get("staticPolicies", {})
-    for position, (cedar_id, policy) in enumerate(
+    for position, (_cedar_id, policy) in enumerate(
             sorted(static.items(), key=lambda kv: int(kv[0].removeprefix("policy")))):
         line = lines[position] if position < len(lines) else 0
         annotations: dict[str, str] = {k: v or "" for k, v in policy.get("annotations", {}).items()}

@@ -109,7 +109,8 @@ def _parse_case(name: str, file: Path, folder: str) -> Case:
     try:
         obj: Any = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+        raise ValueError(
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(obj, dict):
         raise ValueError("must be a JSON object")
     unknown = sorted(set(obj) - _CASE_FIELDS)

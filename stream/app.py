@@ -109,7 +109,7 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
     partition_time: dict[int, float] = {}   # max event time seen per assigned partition
 
     @app.agent(actions, name="decide")
-    async def decide(stream: faust.StreamT[bytes]) -> None:
+    async def decide(stream: Any) -> None:  # faust.Stream; its stub lacks take_events
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
             records = [RawRecord(key=e.message.key, value=e.message.value,
                                  partition=e.message.partition, offset=e.message.offset,
@@ -150,13 +150,14 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
                 tm[key] = 0.0
 
     @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = kwargs.get("revoked", args[0] if args else ())
         for tp in revoked:
             if tp.topic == settings.actions_topic:
                 partition_time.pop(tp.partition, None)
 
     @app.on_rebalance_complete.connect
-    async def _ready(sender: Any, **_: Any) -> None:
+    async def _ready(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         log.warning("holdgate worker ready: %s -> %s (policy %s, model %s)",
                     settings.actions_topic, settings.verdicts_topic, decider.policy_version,
                     decider.model_version)

@@ -39,7 +39,8 @@ class PolicySource(Protocol):
 class SignalSource(Protocol):
     """Per-agent behavioural signals (holdgate.models); state lives in a Faust table."""
 
-    model_version: str
+    @property
+    def model_version(self) -> str: ...
 
     def observe_batch(self, states: MutableMapping[str, Any],
                       requests: Sequence[ActionRequest]) -> list[dict[str, int]]: ...
@@ -145,7 +146,7 @@ class Decider:
         live = [s for s in wave if s.status != "replayed"]
         t0 = time.perf_counter()
         if self.signals is not None:
-            for slot, sig in zip(live, self._observe(states, [s.view for s in live])):
+            for slot, sig in zip(live, self._observe(states, [s.view for s in live]), strict=True):
                 slot.signals = sig
             for slot in wave:
                 if slot.status == "replayed":   # redelivered: already in the counters
@@ -159,7 +160,7 @@ class Decider:
         todo = [s for s in wave if s.status != "recovering"]
         if todo:
             out = self.engine.decide_many([(s.request, s.signals) for s in todo])
-            for slot, decision in zip(todo, out):
+            for slot, decision in zip(todo, out, strict=True):
                 slot.decision = "allow" if decision.decision == "allow" else "deny"
                 slot.reasons = tuple(decision.reasons) or (Reason(rc.NO_PERMIT, "no reason"),)
         if self.signals is not None and live:

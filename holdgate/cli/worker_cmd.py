@@ -12,7 +12,8 @@ __all__ = ["worker"]
 
 @click.command()
 @click.option("--policy-dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              default=None, help="Cedar bundle folder [env HOLDGATE_POLICY_DIR; default: built-in].")
+              default=None,
+              help="Cedar bundle folder [env HOLDGATE_POLICY_DIR; default: built-in].")
 @click.option("--app-id", default=None, help="Consumer group / app id [env HOLDGATE_APP_ID].")
 @click.option("--datadir", default=None, help="Worker state folder [env HOLDGATE_DATADIR].")
 @click.option("--batch-max", type=int, default=None, help="Max actions per micro-batch.")

@@ -13,7 +13,8 @@ import pytest
 from holdgate.policies import default_bundle_path
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "holdgate", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
