@@ -73,7 +73,8 @@ def closed_loop(settings: Any, agents: list[str], seconds: float,
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t_start
-    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes}
+    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes,
+            "samples_ms": [x * 1000 for x in lat]}
 
 
 async def _open_window(settings: Any, agents: list[str], seconds: float,
@@ -105,7 +106,8 @@ async def _open_window(settings: Any, agents: list[str], seconds: float,
         t_start = time.perf_counter()
         await asyncio.gather(*(lane(k) for k in range(window)))
         elapsed = time.perf_counter() - t_start
-    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes}
+    return {**summary_ms(lat), "throughput": len(lat) / elapsed, "codes": codes,
+            "samples_ms": [x * 1000 for x in lat]}
 
 
 def run(bootstrap: str, *, agents: int, seconds: float, window: int,

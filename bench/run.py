@@ -46,6 +46,11 @@ def main() -> None:
                            window=args.window, n_fleet=args.fleet)
         common.save("hold", res)
         print(hold.report(res), flush=True)
+        try:
+            import plot
+            plot.main()
+        except SystemExit as exc:          # matplotlib missing: figures printed, no picture
+            print(exc)
 
 
 if __name__ == "__main__":
