@@ -198,6 +198,12 @@ class LocalKafka:
         if self.pid() is not None:
             self.wait_ready(timeout)
             return self.bootstrap
+        for port in (self.port, self.controller_port):
+            if _port_busy(port):
+                raise KafkaSetupError(
+                    f"port {port} on 127.0.0.1 is already in use by another process; stop it or "
+                    "pick free ports (holdgate kafka up --port N --controller-port M, "
+                    "or HOLDGATE_KAFKA_PORT / HOLDGATE_KAFKA_CONTROLLER_PORT for ./dev)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         libs = ensure_jars(self.cache_dir, self.version)
         props = self._write_config()
@@ -281,6 +287,15 @@ class LocalKafka:
         return {"running": pid is not None, "pid": pid, "bootstrap": self.bootstrap,
                 "ready": pid is not None and self._metadata_ok(), "workdir": str(self.workdir),
                 "version": self.version}
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
