@@ -25,10 +25,10 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec,
+from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, new_request,
                                      unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
-from holdgate.errors import ActionDenied, ConfigError
+from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest, Resource, Verdict, encode
 from holdgate.reasons import TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
@@ -111,12 +111,11 @@ class AsyncGate:
         Raises only for caller bugs: `ValidationError` for an action that breaks
         the wire schema, `ConfigError` when no agent id is known.
         """
-        agent = agent_id or self._agent_id
-        if not agent:
-            raise ConfigError("no agent_id: pass agent_id= to AsyncGate() or to check()")
+        request = new_request(gate="AsyncGate", default_agent=self._agent_id,
+                              agent_id=agent_id, action=action, resource=resource,
+                              context=context)
+        agent = request.agent_id
         wait = self._default_timeout if timeout is None else timeout
-        request = ActionRequest.create(agent_id=agent, action=action, resource=resource,
-                                       context=context)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         if self._closed:

@@ -24,9 +24,10 @@ from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 from kafka.partitioner.default import murmur2
 
 from holdgate.errors import ConfigError
+from holdgate.events import ActionRequest
 from holdgate.settings import Settings
 
-__all__ = ["partition_for", "unready_by_partition", "GateConfig", "GuardSpec", "AgentSlot",
+__all__ = ["partition_for", "unready_by_partition", "new_request", "GateConfig", "GuardSpec", "AgentSlot",
            "RETRY_AFTER"]
 
 RETRY_AFTER = 1.0   # seconds a setup failure is answered from cache before trying again
@@ -183,3 +184,13 @@ def unready_by_partition(slots: list[AgentSlot[E]], partitions: int,
         else:
             todo.setdefault(slot.partition, []).append(slot)
     return todo
+
+
+def new_request(*, gate: str, default_agent: str | None, agent_id: str | None, action: str,
+                resource: Any, context: Mapping[str, Any] | None) -> ActionRequest:
+    """The validated request a check publishes; raises only for caller bugs."""
+    agent = agent_id or default_agent
+    if not agent:
+        raise ConfigError(f"no agent_id: pass agent_id= to {gate}() or to check()")
+    return ActionRequest.create(agent_id=agent, action=action, resource=resource,
+                                context=context)
