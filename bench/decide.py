@@ -11,6 +11,8 @@ import statistics
 import time
 from typing import Any
 
+from common import fleet_bundle
+
 from holdgate.client import partition_for
 from holdgate.events import ActionRequest, encode
 from holdgate.models import SignalComputer
@@ -28,10 +30,13 @@ MIX = (("support-bot-1", "tickets.read", "Ticket"), ("support-bot-2", "tickets.r
        ("data-bot-1", "records.read", "Record"), ("audit-bot-1", "customers.read", "Customer"))
 
 
-def _records(n: int, t0: float) -> list[RawRecord]:
+def _records(n: int, t0: float, fleet: list[str] | None = None) -> list[RawRecord]:
+    """n actions of the mixed workload; with a fleet, spread over its (support) agents."""
     out, offsets = [], [0] * PARTS
     for i in range(n):
         agent, action, rtype = MIX[i % len(MIX)]
+        if fleet:
+            agent, action, rtype = fleet[i % len(fleet)], "tickets.read", "Ticket"
         attrs = {"Invoice": {"amount_cents": 100}, "Repository": {"environment": "staging"},
                  "Record": {"sensitivity": "internal"}, "Customer": {"pii_level": "low"}}
         req = ActionRequest.create(agent_id=agent, action=action,
@@ -66,21 +71,32 @@ def _run(engine: PolicyEngine, version: str, records: list[RawRecord], batch: in
 
 
 def run(*, n: int = 6000, repeats: int = 5) -> dict[str, Any]:
-    bundle = PolicyBundle.load(default_bundle_path())
-    engine = PolicyEngine(bundle)
+    out: dict[str, Any] = {"n": n, "repeats": repeats}
     t0 = time.time()
-    records = _records(n, t0)
-    out: dict[str, Any] = {"n": n, "repeats": repeats, "batches": {}}
+    bundle = PolicyBundle.load(default_bundle_path())
+    print("  workload: 6 busy agents (micro-batch waves of ~6)", flush=True)
+    out["batches"] = _sweep(PolicyEngine(bundle), bundle.version, _records(n, t0), t0, repeats)
+    path, fleet = fleet_bundle(1000)
+    fleet_bundle_loaded = PolicyBundle.load(path)
+    print("  workload: 1,000 agents (waves as large as the batch)", flush=True)
+    out["fleet_batches"] = _sweep(PolicyEngine(fleet_bundle_loaded), fleet_bundle_loaded.version,
+                                  _records(n, t0, fleet), t0, repeats)
+    return out
+
+
+def _sweep(engine: PolicyEngine, version: str, records: list[RawRecord], t0: float,
+           repeats: int) -> dict[int, Any]:
+    out: dict[int, Any] = {}
     for batch in (1, 16, 256):
         row: dict[str, Any] = {}
         for signals in (False, True):
-            runs = [_run(engine, bundle.version, records, batch, signals, t0)
+            runs = [_run(engine, version, records, batch, signals, t0)
                     for _ in range(repeats)]
             med = statistics.median(r[0] for r in runs)
             row["on" if signals else "off"] = {"us_per_action": med,
                                                "breakdown_us": runs[len(runs) // 2][1]}
         row["ratio"] = row["on"]["us_per_action"] / row["off"]["us_per_action"]
-        out["batches"][batch] = row
+        out[batch] = row
         print(f"  batch {batch:>3}: off {row['off']['us_per_action']:.1f} µs, "
               f"on {row['on']['us_per_action']:.1f} µs", flush=True)
     return out
@@ -88,13 +104,20 @@ def run(*, n: int = 6000, repeats: int = 5) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> str:
     lines = [f"decide: µs per action in the Decider, {res['n']} actions, median of "
-             f"{res['repeats']} runs",
-             f"{'batch':>5} {'signals off':>12} {'signals on':>11} {'ratio':>6}   breakdown (on):"
-             " decode / signals / policy / encode"]
-    for batch, row in res["batches"].items():
+             f"{res['repeats']} runs"]
+    for key, title in (("batches", "6 busy agents"), ("fleet_batches", "1,000 agents")):
+        lines += [f"[{title}]", f"{'batch':>5} {'signals off':>12} {'signals on':>11} "
+                  f"{'ratio':>6}   breakdown (on): decode / signals / policy / encode"]
+        lines += _rows(res[key])
+    return "\n".join(lines)
+
+
+def _rows(batches: dict[int, Any]) -> list[str]:
+    lines = []
+    for batch, row in batches.items():
         b = row["on"]["breakdown_us"]
         lines.append(f"{batch:>5} {row['off']['us_per_action']:>12.1f} "
                      f"{row['on']['us_per_action']:>11.1f} {row['ratio']:>5.2f}x   "
                      f"{b['decode']:.1f} / {b['signals']:.1f} / {b['policy']:.1f} / "
                      f"{b['encode']:.1f}")
-    return "\n".join(lines)
+    return lines

@@ -169,7 +169,10 @@ class PolicyEngine:
             "context": orjson.dumps(context).decode(),
         }
         uid = (resource.type, resource.id)
-        if uid in self._known_uids:  # entities.json is authoritative
+        # entities.json is authoritative; and a resource without attributes needs no
+        # entity at all (Cedar treats a missing entity like one without attributes),
+        # which spares the per-batch delta whose cost grows with the entity store.
+        if uid in self._known_uids or not resource.attributes:
             if not groups:
                 groups.append(_Group())
             groups[0].members.append((index, cedar_request, uid))

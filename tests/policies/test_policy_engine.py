@@ -80,9 +80,16 @@ def test_evaluation_error_denies_even_when_cedar_allows(engine: PolicyEngine,
 
 def test_missing_required_attribute_on_request_resource_is_policy_error(
         engine: PolicyEngine, make_request: MakeRequest) -> None:
+    # No attributes sent: no entity is built for it (that per-batch delta costs O(entities)),
+    # and Cedar fails the policy that reads resource.pii_level: fail closed all the same.
     decision = engine.decide(make_request("data-bot-1", "customers.export", ("Customer", "c-9")))
     assert decision.codes == [codes.POLICY_ERROR]
-    assert "pii_level" in decision.reasons[0].message
+    assert decision.reasons[0].policy_id == "pii-high-export"
+    assert 'Customer::"c-9"' in decision.reasons[0].message
+    with_other = engine.decide(make_request("data-bot-1", "customers.export",
+                                            ("Customer", "c-9", {"region": "eu"})))
+    assert with_other.codes == [codes.POLICY_ERROR]
+    assert "pii_level" in with_other.reasons[0].message
 
 
 def test_unknown_agent_and_unknown_resource_type(engine: PolicyEngine,
