@@ -25,8 +25,8 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, new_request,
-                                     unready_by_partition)
+from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, metadata_failure,
+                                     new_request, unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -335,8 +335,7 @@ class AsyncGate:
                 self._partitions = await asyncio.wait_for(self._discover(),
                                                           self._connect_timeout)
             except Exception as exc:
-                self._status = str(exc) if isinstance(exc, LookupError) \
-                    else f"topic metadata unavailable: {exc!r}"
+                self._status = metadata_failure(exc)
                 self._fail_slots(requests, self._status)
                 return
         consumer = self._consumer

@@ -27,8 +27,8 @@ from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest
 from holdgate.settings import Settings
 
-__all__ = ["partition_for", "unready_by_partition", "new_request", "GateConfig", "GuardSpec", "AgentSlot",
-           "RETRY_AFTER"]
+__all__ = ["partition_for", "unready_by_partition", "new_request", "metadata_failure",
+           "GateConfig", "GuardSpec", "AgentSlot", "RETRY_AFTER"]
 
 RETRY_AFTER = 1.0   # seconds a setup failure is answered from cache before trying again
 
@@ -194,3 +194,8 @@ def new_request(*, gate: str, default_agent: str | None, agent_id: str | None, a
         raise ConfigError(f"no agent_id: pass agent_id= to {gate}() or to check()")
     return ActionRequest.create(agent_id=agent, action=action, resource=resource,
                                 context=context)
+
+
+def metadata_failure(exc: BaseException) -> str:
+    """What a check's UNAVAILABLE deny says when topic metadata could not be had."""
+    return str(exc) if isinstance(exc, LookupError) else f"topic metadata unavailable: {exc!r}"

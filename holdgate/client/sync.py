@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, new_request,
-                                     unready_by_partition)
+from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, metadata_failure,
+                                     new_request, unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -315,8 +315,7 @@ class Gate:
             try:
                 self._partitions = self._discover()
             except Exception as exc:
-                self._status = str(exc) if isinstance(exc, LookupError) \
-                    else f"topic metadata unavailable: {exc!r}"
+                self._status = metadata_failure(exc)
                 self._fail_slots(requests, self._status)
                 return
         consumer = self._consumer

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Callable
 
 import pytest
-from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition, running_responder
+from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition
 
 from holdgate.client import AsyncGate
 from holdgate.errors import ActionDenied
@@ -15,12 +15,6 @@ from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def responder(gate_settings: Settings) -> Iterator[Responder]:
-    with running_responder(gate_settings) as r:
-        yield r
 
 
 AGENT = "support-bot-async"

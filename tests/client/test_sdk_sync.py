@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 import pytest
 from kafka import TopicPartition
-from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition, running_responder
+from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition
 
 from holdgate.client import Gate, partition_for, verify_verdict
 from holdgate.errors import ActionDenied
@@ -17,12 +17,6 @@ from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def responder(gate_settings: Settings) -> Iterator[Responder]:
-    with running_responder(gate_settings) as r:
-        yield r
 
 
 AGENT = "support-bot-1"
