@@ -25,8 +25,9 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, metadata_failure,
-                                     new_request, unready_by_partition)
+from holdgate.client.core import GateCore
+from holdgate.client.routing import (AgentSlot, GuardSpec, metadata_failure, new_request,
+                                     unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -39,35 +40,23 @@ log = logging.getLogger("holdgate.client")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-class AsyncGate:
+class AsyncGate(GateCore[asyncio.Event]):
     """Asyncio pre-execution gate; use as ``async with AsyncGate(...) as gate``."""
 
     def __init__(self, *, bootstrap: str | None = None, agent_id: str | None = None,
                  settings: Settings | None = None, signing_key: str | bytes | None = None,
                  default_timeout: float = 5.0, connect_timeout: float = 5.0,
                  poll_interval: float = 0.05, linger_ms: int = 1) -> None:
-        self._cfg = GateConfig.resolve(bootstrap=bootstrap, settings=settings,
-                                       signing_key=signing_key)
-        if self._cfg.key is None:
-            log.warning("holdgate AsyncGate has no signing key: allow verdicts are not "
-                        "authenticated")
-        self._agent_id = agent_id
-        self._default_timeout = default_timeout
-        self._connect_timeout = connect_timeout
-        self._poll_ms = max(1, int(poll_interval * 1000))
-        self._linger_ms = linger_ms
+        super().__init__(name="AsyncGate", bootstrap=bootstrap, agent_id=agent_id,
+                         settings=settings, signing_key=signing_key,
+                         default_timeout=default_timeout, connect_timeout=connect_timeout,
+                         poll_interval=poll_interval, linger_ms=linger_ms)
         self._pending: dict[str, asyncio.Future[Verdict | Failure]] = {}
-        self._slots: dict[str, AgentSlot[asyncio.Event]] = {}
-        self._requests: list[AgentSlot[asyncio.Event]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._status = f"connecting to {self._cfg.bootstrap}"
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._partitions: int | None = None
-        self._ready_partitions: set[int] = set()
-        self._stats = {"sent": 0, "verdicts": 0, "ignored": 0, "timeouts": 0, "unavailable": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> AsyncGate:
@@ -229,11 +218,6 @@ class AsyncGate:
     def _fail_requests(self, message: str) -> None:
         requests, self._requests = self._requests, []
         self._fail_slots(requests, message)
-
-    @staticmethod
-    def _fail_slots(slots: list[AgentSlot[asyncio.Event]], message: str) -> None:
-        for slot in slots:
-            slot.fail(message)
 
     # ------------------------------------------------------------------ poll task
     async def _run(self) -> None:

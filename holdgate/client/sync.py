@@ -27,8 +27,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from holdgate.client.routing import (AgentSlot, GateConfig, GuardSpec, metadata_failure,
-                                     new_request, unready_by_partition)
+from holdgate.client.core import GateCore
+from holdgate.client.routing import (AgentSlot, GuardSpec, metadata_failure, new_request,
+                                     unready_by_partition)
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest, Resource, Verdict, encode
@@ -41,34 +42,23 @@ log = logging.getLogger("holdgate.client")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Gate:
+class Gate(GateCore[threading.Event]):
     """Synchronous pre-execution gate; share one instance across threads and agents."""
 
     def __init__(self, *, bootstrap: str | None = None, agent_id: str | None = None,
                  settings: Settings | None = None, signing_key: str | bytes | None = None,
                  default_timeout: float = 5.0, connect_timeout: float = 5.0,
                  poll_interval: float = 0.05, linger_ms: int = 1) -> None:
-        self._cfg = GateConfig.resolve(bootstrap=bootstrap, settings=settings,
-                                       signing_key=signing_key)
-        if self._cfg.key is None:
-            log.warning("holdgate Gate has no signing key: allow verdicts are not authenticated")
-        self._agent_id = agent_id
-        self._default_timeout = default_timeout
-        self._connect_timeout = connect_timeout
-        self._poll_ms = max(1, int(poll_interval * 1000))
-        self._linger_ms = linger_ms
+        super().__init__(name="Gate", bootstrap=bootstrap, agent_id=agent_id, settings=settings,
+                         signing_key=signing_key, default_timeout=default_timeout,
+                         connect_timeout=connect_timeout, poll_interval=poll_interval,
+                         linger_ms=linger_ms)
         self._lock = threading.Lock()           # guards _pending, _slots, _requests
         self._pending: dict[str, tuple[ActionRequest, Future[Verdict | Failure]]] = {}
-        self._slots: dict[str, AgentSlot[threading.Event]] = {}
-        self._requests: list[AgentSlot[threading.Event]] = []  # for the poll thread to ready
         self._wake = threading.Event()
         self._closed = threading.Event()
-        self._status = f"connecting to {self._cfg.bootstrap}"
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
-        self._partitions: int | None = None     # partition count of actions == verdicts
-        self._ready_partitions: set[int] = set()
-        self._stats = {"sent": 0, "verdicts": 0, "ignored": 0, "timeouts": 0, "unavailable": 0}
         if agent_id:
             self._want(agent_id)                # warm up: assign before the first check
         self._thread = threading.Thread(target=self._run, name="holdgate-gate-poll",
@@ -218,10 +208,6 @@ class Gate:
         for _, future in pending.values():
             future.set_result(Failure(UNAVAILABLE, message))
         self._fail_slots(requests, message)
-
-    def _fail_slots(self, slots: list[AgentSlot[threading.Event]], message: str) -> None:
-        for slot in slots:
-            slot.fail(message)
 
     # ------------------------------------------------------------------ poll thread
     def _run(self) -> None:
