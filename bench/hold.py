@@ -17,6 +17,7 @@ from typing import Any
 from common import bench_settings, fleet_bundle, summary_ms, worker
 
 from holdgate.client import AsyncGate, Gate, partition_for
+from holdgate.demo import wait_for_gate
 
 
 def _resource(i: int) -> dict[str, Any]:
@@ -31,13 +32,9 @@ def _one_per_partition(agents: list[str], partitions: int) -> list[str]:
     return list(firsts.values())
 
 
-def _wait_ready(gate: Gate, agent: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = gate.check(action="tickets.read", resource=_resource(0), agent_id=agent, timeout=2)
-        if v.policy_version != "local":
-            return
-    raise SystemExit("worker never answered; see its log in the datadir")
+def _wait_ready(gate: Gate) -> None:
+    if not wait_for_gate(gate, timeout=120):
+        raise SystemExit("worker never answered; see its log in the datadir")
 
 
 def closed_loop(settings: Any, agents: list[str], seconds: float,
@@ -47,7 +44,7 @@ def closed_loop(settings: Any, agents: list[str], seconds: float,
     codes: dict[str, int] = {}
     stop = time.monotonic() + seconds
     with Gate(bootstrap=settings.bootstrap, agent_id=agents[0], settings=settings) as gate:
-        _wait_ready(gate, agents[0])
+        _wait_ready(gate)
         for a in _one_per_partition(agents, settings.partitions):
             gate.check(action="tickets.read", resource=_resource(0), agent_id=a, timeout=30)
 
@@ -120,7 +117,7 @@ def run(bootstrap: str, *, agents: int, seconds: float, window: int,
         with worker(settings, echo=echo):
             print(f"[{name}] closed loop: {agents} agents x {seconds:.0f}s ...", flush=True)
             with Gate(bootstrap=bootstrap, agent_id=fleet[0], settings=settings) as g:
-                _wait_ready(g, fleet[0])
+                _wait_ready(g)
             latency = closed_loop(settings, fleet, seconds, agents)
             print(f"[{name}] open window: {window} in flight x {seconds:.0f}s ...", flush=True)
             tput = asyncio.run(_open_window(settings, fleet, seconds, window))

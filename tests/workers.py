@@ -36,19 +36,16 @@ class WorkerProcess:
                                      start_new_session=True)
         return self
 
-    def wait_ready(self, agent_id: str = "support-bot-1", timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
         """Block until a probe action gets a worker-made verdict (any decision)."""
         from holdgate.client import Gate
+        from holdgate.demo import wait_for_gate
 
-        deadline = time.monotonic() + timeout
-        with Gate(bootstrap=self.settings.bootstrap, agent_id=agent_id,
+        self.assert_alive()
+        with Gate(bootstrap=self.settings.bootstrap, agent_id="support-bot-1",
                   settings=self.settings) as gate:
-            while time.monotonic() < deadline:
-                self.assert_alive()
-                v = gate.check(action="tickets.read", resource={"type": "Ticket", "id": "probe"},
-                               timeout=3.0)
-                if v.policy_version != "local":
-                    return
+            if wait_for_gate(gate, timeout, progress=lambda _: self.assert_alive()):
+                return
         raise TimeoutError(f"worker not ready after {timeout}s; log:\n{self.log()}")
 
     def assert_alive(self) -> None:
