@@ -106,6 +106,10 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
     backend = TableBackend(table)
     guard = RecoveryGuard(Watermarks(backend), settings.recovery_hold)
     parts = settings.partitions
+
+    def partition_of(agent: str) -> int:
+        return partition_for(agent, parts)
+
     partition_time: dict[int, float] = {}   # max event time seen per assigned partition
 
     @app.agent(actions, name="decide")
@@ -115,7 +119,7 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
                                  partition=e.message.partition, offset=e.message.offset,
                                  topic=e.message.topic, timestamp=_append_time(e.message))
                        for e in events]
-            states = BatchStates(backend, lambda agent: partition_for(agent, parts))
+            states = BatchStates(backend, partition_of)
             result = decider.decide_batch(records, states, guard)
             states.flush()
             guard.flush()
@@ -131,8 +135,7 @@ def create_app(settings: Settings, decider: Decider) -> faust.App:
     async def evict_idle_agents() -> None:
         """Drop agents unseen for idle_ttl of their partition's event time (bounded memory)."""
         t0 = time.perf_counter()
-        evicted = evict_idle(backend, lambda agent: partition_for(agent, parts), partition_time,
-                             settings.idle_ttl)
+        evicted = evict_idle(backend, partition_of, partition_time, settings.idle_ttl)
         if evicted:
             log.info("evicted %d idle agent(s) in %.1f ms", evicted,
                      (time.perf_counter() - t0) * 1000)

@@ -1,7 +1,7 @@
 """The decision pipeline for one micro-batch: decode ▶ validate ▶ signals ▶ Cedar ▶ verdict.
 
 Pure and synchronous: the Faust agent hands it raw records and produces what
-it returns, and `bench/` and the replay tools drive the very same object.
+it returns; `bench/` and the unit tests drive the very same object.
 Nothing here may raise out of `decide_batch`: a bad record becomes a
 dead-letter (and a MALFORMED deny when the waiting agent can be identified),
 and an unexpected bug denies the whole batch with INTERNAL_ERROR.
@@ -63,8 +63,7 @@ class Decider:
     signals: SignalSource | None = None
     clock: Callable[[], float] = time.time
     timings: dict[str, float] = field(default_factory=lambda: {
-        "decode": 0.0, "decide": 0.0, "signals": 0.0, "policy": 0.0, "encode": 0.0,
-        "actions": 0.0})
+        "decode": 0.0, "signals": 0.0, "policy": 0.0, "encode": 0.0, "actions": 0.0})
 
     @property
     def model_version(self) -> str | None:
@@ -124,7 +123,7 @@ class Decider:
                 result.event_times[raw.partition] = request.occurred_at
         t1 = time.perf_counter()
         corrupt: set[str] = getattr(states, "corrupt", set())
-        for wave in _waves(slots):
+        for wave in _waves(slots):      # times itself: signals and policy
             self._decide_wave(wave, states, guard, corrupt)
         t2 = time.perf_counter()
         for slot in slots:
@@ -132,7 +131,6 @@ class Decider:
                        result)
         tm = self.timings
         tm["decode"] += t1 - t0
-        tm["decide"] += t2 - t1
         tm["encode"] += time.perf_counter() - t2
         tm["actions"] += len(records)
 

@@ -31,27 +31,26 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
 
     tour, burst = FleetReport(), FleetReport()
     lock = threading.Lock()
-    burst_shown: dict[str, int] = {}
+    burst_shown: set[str] = set()
 
     def show_tour(step, verdict) -> None:  # type: ignore[no-untyped-def]
         click.echo(verdict_line(verdict))
         click.secho(f"           ↳ {step.note}: " + "; ".join(
             r.message for r in verdict.reasons if r.message)[:110], dim=True)
 
-    started = time.monotonic()
-    counts: dict[str, int] = {}
-
     def show_burst(step, verdict) -> None:  # type: ignore[no-untyped-def]
+        # The report already holds each agent's verdicts (one thread per agent), with
+        # the time each came since the burst began.
         with lock:
-            n = counts[step.agent] = counts.get(step.agent, 0) + 1
+            seen = burst.verdicts[step.agent]
+            n, ms = len(seen), seen[-1][0] * 1000
             if verbose:
                 click.echo(verdict_line(verdict))
                 return
             if verdict.allowed and step.note == "human pace":
                 click.echo(verdict_line(verdict))
             elif not verdict.allowed and step.agent not in burst_shown:
-                burst_shown[step.agent] = n
-                ms = (time.monotonic() - started) * 1000
+                burst_shown.add(step.agent)
                 click.echo(verdict_line(verdict))
                 click.secho(f"           ↳ {step.note}: cut off at action #{n}, "
                             f"{ms:.0f} ms into the burst; every later attempt is denied too",
@@ -69,7 +68,7 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
         if not skip_burst:
             click.secho("\n── phase 2: machine speed (runaway loop, record sweep) ─────────",
                         bold=True)
-            started = burst.started = time.monotonic()
+            burst.started = time.monotonic()
             run_machine_speed(gate, burst, show_burst, timeout=timeout)
             _summary("machine speed", burst)
 
