@@ -10,6 +10,11 @@ Values in `context` and resource attributes are restricted to what Cedar can
 represent (strings, integers, booleans, lists and records): a float or null
 would only surface later as a policy evaluation error, so it is refused here
 with a message that says what to send instead.
+
+The action digest is SHA-256 over the record value *exactly as published*
+(see `action_digest`): no re-serialisation, so a runtime or an executor in any
+language reproduces it from the bytes it sent or received, with nothing to
+canonicalise.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from holdgate.errors import ValidationError
 __all__ = [
     "SCHEMA_VERSION", "MAX_RECORD_BYTES", "Resource", "ActionRequest", "Reason",
     "Verdict", "Decision", "Decided", "decode_request", "encode", "decode_verdict",
-    "action_digest", "new_request_id",
+    "action_digest", "new_request_id", "decode_request_obj",
 ]
 
 SCHEMA_VERSION = 1
@@ -35,12 +40,14 @@ MAX_RECORD_BYTES = 64 * 1024
 MAX_DEPTH = 8
 Decision = Literal["allow", "deny"]
 
+_UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                      r"[0-9a-fA-F]{12}|\{[0-9a-fA-F-]{36}\})$")
 _AGENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 _ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
 _ID_MAX = 256
-_REQUEST_FIELDS = frozenset(
-    {"schema_version", "request_id", "agent_id", "action", "resource", "context", "occurred_at"})
+_REQUEST_FIELDS = frozenset({"schema_version", "request_id", "agent_id", "action", "resource",
+                             "context", "occurred_at", "deadline"})
 _RESOURCE_FIELDS = frozenset({"type", "id", "attributes"})
 
 
@@ -135,21 +142,28 @@ class ActionRequest:
     resource: Resource
     context: dict[str, Any]
     occurred_at: float
+    #: When the runtime stops waiting (its check timeout), seconds since the epoch.
+    #: The worker denies an action decided after it (EXPIRED): a check the runtime
+    #: gave up on can never turn into an allow later.
+    deadline: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def create(cls, *, agent_id: str, action: str, resource: Resource | Mapping[str, Any],
                context: Mapping[str, Any] | None = None, occurred_at: float | None = None,
-               request_id: str | None = None) -> ActionRequest:
+               request_id: str | None = None, deadline: float | None = None) -> ActionRequest:
         """Build and validate a request the way the SDK does (fresh id, wall-clock time)."""
         res = resource.to_obj() if isinstance(resource, Resource) else dict(resource)
-        return cls.from_obj({
+        obj: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "request_id": request_id or new_request_id(),
             "agent_id": agent_id, "action": action, "resource": res,
             "context": dict(context or {}),
             "occurred_at": time.time() if occurred_at is None else occurred_at,
-        })
+        }
+        if deadline is not None:
+            obj["deadline"] = deadline
+        return cls.from_obj(obj)
 
     @classmethod
     def from_obj(cls, obj: Any) -> ActionRequest:
@@ -162,10 +176,8 @@ class ActionRequest:
         if version != SCHEMA_VERSION:
             raise _fail("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
         request_id = _require_str(obj, "request_id", "request_id")
-        try:
-            uuid.UUID(request_id)
-        except ValueError:
-            raise _fail("request_id", "must be a UUID") from None
+        if not _UUID_RE.match(request_id):
+            raise _fail("request_id", "must be a UUID")
         agent_id = _require_str(obj, "agent_id", "agent_id")
         if not _AGENT_RE.match(agent_id):
             raise _fail("agent_id", "must be 1..128 of [A-Za-z0-9._:@/-], starting alphanumeric")
@@ -180,19 +192,28 @@ class ActionRequest:
             raise _fail("context.signals", "is reserved: holdgate computes signals itself")
         _check_cedar_value(context, "context")
         occurred_at = _require_time(obj, "occurred_at", "occurred_at")
+        deadline = None
+        if obj.get("deadline") is not None:
+            deadline = _require_time(obj, "deadline", "deadline")
+            if deadline < occurred_at:
+                raise _fail("deadline", "is before occurred_at")
         return cls(request_id=request_id, agent_id=agent_id, action=action, resource=resource,
-                   context=context, occurred_at=occurred_at)
+                   context=context, occurred_at=occurred_at, deadline=deadline)
 
     def to_obj(self) -> dict[str, Any]:
-        return {
+        obj = {
             "schema_version": self.schema_version, "request_id": self.request_id,
             "agent_id": self.agent_id, "action": self.action, "resource": self.resource.to_obj(),
             "context": self.context, "occurred_at": self.occurred_at,
         }
+        if self.deadline is not None:
+            obj["deadline"] = self.deadline
+        return obj
 
     @property
     def digest(self) -> str:
-        return action_digest(self.to_obj())
+        """Digest of this request as the SDK publishes it (`encode`)."""
+        return action_digest(encode(self))
 
 
 class Decided:
@@ -276,15 +297,20 @@ def encode(record: ActionRequest | Verdict) -> bytes:
     return orjson.dumps(record.to_obj())
 
 
-def decode_request(raw: bytes) -> ActionRequest:
-    """Bytes off the wire to a validated request; raises ValidationError naming the field."""
-    if len(raw) > MAX_RECORD_BYTES:
-        raise _fail("$", f"record is {len(raw)} bytes, limit {MAX_RECORD_BYTES}")
+def decode_request_obj(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> tuple[ActionRequest, Any]:
+    """Bytes off the wire to (validated request, the parsed JSON object as published)."""
+    if len(raw) > max_bytes:
+        raise _fail("$", f"record is {len(raw)} bytes, limit {max_bytes}")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _fail("$", f"not valid JSON: {exc}") from None
-    return ActionRequest.from_obj(obj)
+    return ActionRequest.from_obj(obj), obj
+
+
+def decode_request(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> ActionRequest:
+    """Bytes off the wire to a validated request; raises ValidationError naming the field."""
+    return decode_request_obj(raw, max_bytes)[0]
 
 
 def decode_verdict(raw: bytes) -> Verdict:
@@ -295,10 +321,13 @@ def decode_verdict(raw: bytes) -> Verdict:
     return Verdict.from_obj(obj)
 
 
-def action_digest(request_obj: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical (sorted-key) JSON of the action: the executor's binding check."""
-    canonical = orjson.dumps(request_obj, option=orjson.OPT_SORT_KEYS)
-    return "sha256:" + hashlib.sha256(canonical).hexdigest()
+def action_digest(raw: bytes) -> str:
+    """``"sha256:" + hex(SHA-256(record value bytes exactly as published))``.
+
+    The executor's binding check: a verdict allows *these bytes*, not a
+    re-serialisation of them that another language could format differently.
+    """
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def new_request_id() -> str:

@@ -39,8 +39,10 @@ class Settings:
     idle_ttl: float = 86_400.0      # evict an agent's state after this much event time unseen
     session_timeout: float = 10.0   # seconds before a crashed worker's partitions move
     signals: str = "on"             # "off" only for benchmarks: guards then see zeros
-    web_port: int = 0               # faust web server; 0 disables it
+    web_port: int = 0               # metrics and health endpoints; 0 disables them
     log_level: str = "warning"
+    max_action_bytes: int = 65_536  # larger action records are denied TOO_LARGE
+    instance_id: str = ""           # static group membership id; empty: host + datadir
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -67,6 +69,9 @@ class Settings:
             raise ConfigError("signals must be 'on' or 'off'")
         if self.recovery_hold < 0 or self.idle_ttl <= 0:
             raise ConfigError("recovery_hold must be >= 0 and idle_ttl > 0 seconds")
+        if not 1024 <= self.max_action_bytes <= 512 * 1024:
+            # a verdict embeds its action; it must stay far below the broker's message limit
+            raise ConfigError("max_action_bytes must be between 1024 and 524288")
         topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic}
         if len(topics) != 3:
             raise ConfigError("actions, verdicts and deadletter topics must differ")

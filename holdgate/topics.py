@@ -30,7 +30,9 @@ def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         (settings.verdicts_topic, settings.partitions, {"retention.ms": week}),
         (settings.deadletter_topic, 1, {"retention.ms": week}),
         # Per-agent state: compacted, so it keeps the latest state of every agent forever.
-        (settings.changelog_topic, settings.partitions, {"cleanup.policy": "compact"}),
+        (settings.changelog_topic, settings.partitions, {
+            "cleanup.policy": "compact", "segment.ms": str(15 * 60 * 1000),
+            "min.cleanable.dirty.ratio": "0.2", "delete.retention.ms": str(24 * 3600 * 1000)}),
     ]
 
 

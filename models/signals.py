@@ -36,6 +36,7 @@ import orjson
 
 from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest
+from holdgate.signals import SIGNAL_NAMES, ZERO_SIGNALS
 from holdgate.models.scorer import BaselineConfig, Scorer, score_and_learn
 from holdgate.models.sketch import NOVELTY_BLOOM
 from holdgate.models.state import (
@@ -45,13 +46,6 @@ from holdgate.models.state import (
 
 __all__ = ["SIGNAL_NAMES", "ZERO_SIGNALS", "SignalConfig", "SignalComputer", "fingerprint"]
 
-SIGNAL_NAMES: tuple[str, ...] = (
-    "rate_1s", "rate_60s", "rate_1h",
-    "action_rate_1s", "action_rate_60s", "action_rate_1h",
-    "repeat_10s", "streak", "fanout_60s",
-    "new_action", "new_resource_type", "deny_ratio_pct", "anomaly",
-)
-ZERO_SIGNALS: dict[str, int] = dict.fromkeys(SIGNAL_NAMES, 0)
 _I_ANOMALY = SIGNAL_NAMES.index("anomaly")
 _STREAK_MAX = 0xFFFFFFFF
 _CACHE_MAX = 4096

@@ -9,11 +9,13 @@ pickle: a blob is parsed field by field and anything inconsistent (magic,
 version, lengths, counts, CRC, non-finite clock) raises `ModelError`, which the
 stream turns into a fresh state or a deny, never into executed bytes.
 
-Layout v1 (little endian)::
+Layout v2 (little endian; v1 is v2 without the recent-ids block and still reads)::
 
     header  <4sBBBBHHd8sII>  magic "HGAS", version, n_actions, n_fingerprints,
                              deny_n, n_fanout, bloom_items, clock, last_fp,
                              streak, deny_mask
+    n_recent     uint8 (v2)                 request ids in the recent ring
+    recent       8 B x n_recent (v2)        blake2b-64 of the last decided request ids
     rates        uint16 x RATES.size        agent rings: 1 s, 60 s, 1 h
     baseline     float64 x PARAMS_LEN       online anomaly baseline
     bloom        NOVELTY_BLOOM.nbytes       actions + resource types ever seen
@@ -29,6 +31,7 @@ import struct
 import sys
 import zlib
 from array import array
+from hashlib import blake2b
 
 from holdgate.errors import ModelError
 from holdgate.models.recent import DistinctWindow, KeyedWindows
@@ -38,7 +41,8 @@ from holdgate.models.windows import Horizon, WindowSet
 
 __all__ = [
     "AgentState", "RATES", "REPEAT", "ACTIONS", "FINGERPRINTS", "FANOUT",
-    "CODEC_VERSION", "HARD_MAX_KEYED", "HARD_MAX_FANOUT", "serialized_bound",
+    "CODEC_VERSION", "HARD_MAX_KEYED", "HARD_MAX_FANOUT", "RECENT_IDS", "serialized_bound",
+    "request_key",
 ]
 
 #: rate_1s (10 x 100 ms), rate_60s (12 x 5 s), rate_1h (12 x 5 min)
@@ -49,7 +53,10 @@ ACTIONS = KeyedWindows(RATES, key_size=8)
 FINGERPRINTS = KeyedWindows(REPEAT, key_size=8)
 FANOUT = DistinctWindow(Horizon(5_000, 12), key_size=4)
 
-CODEC_VERSION = 1
+CODEC_VERSION = 2
+#: Request ids remembered per agent, so a record published twice (a producer retry
+#: without idempotence, a runtime that re-sends) is never decided twice.
+RECENT_IDS = 16
 _MAGIC = b"HGAS"
 _HEAD = struct.Struct("<4sBBBBHHd8sII")
 _CRC = struct.Struct("<I")
@@ -58,14 +65,20 @@ HARD_MAX_FANOUT = 65535  # codec limit for fan-out entries (u16 count)
 _ACT_ENTRY = 8 + 8 + 2 * RATES.size
 _FP_ENTRY = 8 + 8 + 2 * REPEAT.size
 _FAN_ENTRY = 4 + 4
-_FIXED = _HEAD.size + 2 * RATES.size + 8 * PARAMS_LEN + NOVELTY_BLOOM.nbytes + _CRC.size
+_FIXED_V1 = _HEAD.size + 2 * RATES.size + 8 * PARAMS_LEN + NOVELTY_BLOOM.nbytes + _CRC.size
+_FIXED = _FIXED_V1 + 1
 _SWAP = sys.byteorder != "little"
 
 
 def serialized_bound(max_actions: int, max_fingerprints: int, max_fanout: int) -> int:
     """Largest possible `AgentState.to_bytes` length under the given caps."""
-    return (_FIXED + max_actions * _ACT_ENTRY + max_fingerprints * _FP_ENTRY
-            + max_fanout * _FAN_ENTRY)
+    return (_FIXED + 8 * RECENT_IDS + max_actions * _ACT_ENTRY
+            + max_fingerprints * _FP_ENTRY + max_fanout * _FAN_ENTRY)
+
+
+def request_key(request_id: str) -> bytes:
+    """The 8-byte key under which a request id is remembered (stable across hosts)."""
+    return blake2b(request_id.encode(), digest_size=8, person=b"hg.reqid").digest()
 
 
 def _le(a: array) -> bytes:
@@ -93,7 +106,8 @@ class AgentState:
 
     __slots__ = ("clock", "rates", "baseline", "bloom", "bloom_items",
                  "act_keys", "act_last", "act_rings", "fp_keys", "fp_last", "fp_rings",
-                 "fan_keys", "fan_buckets", "last_fp", "streak", "deny_mask", "deny_n")
+                 "fan_keys", "fan_buckets", "last_fp", "streak", "deny_mask", "deny_n",
+                 "recent")
 
     def __init__(self) -> None:
         self.clock = 0.0
@@ -113,6 +127,21 @@ class AgentState:
         self.streak = 0
         self.deny_mask = 0
         self.deny_n = 0
+        self.recent = bytearray()
+
+    def has_request(self, key: bytes) -> bool:
+        """True when a request with this `request_key` was decided recently."""
+        recent = self.recent
+        i = recent.find(key)
+        while i != -1 and i % 8:
+            i = recent.find(key, i + 1)
+        return i != -1
+
+    def remember_request(self, key: bytes) -> None:
+        """Add a decided request's key to the ring (oldest forgotten first)."""
+        self.recent += key
+        if len(self.recent) > 8 * RECENT_IDS:
+            del self.recent[:8]
 
     @property
     def last_seen(self) -> float:
@@ -158,6 +187,7 @@ class AgentState:
             _HEAD.pack(_MAGIC, CODEC_VERSION, n_act, n_fp, self.deny_n, n_fan,
                        min(self.bloom_items, 0xFFFF), self.clock, self.last_fp,
                        self.streak, self.deny_mask),
+            bytes((len(self.recent) // 8,)), self.recent,
             _le(self.rates), _le(self.baseline),
             self.bloom.to_bytes(NOVELTY_BLOOM.nbytes, "little"),
             self.act_keys, _le(self.act_last), _le(self.act_rings),
@@ -170,7 +200,7 @@ class AgentState:
     def from_bytes(cls, blob: bytes | bytearray | memoryview) -> AgentState:
         """Parse `to_bytes` output; anything inconsistent raises `ModelError`."""
         b = memoryview(blob).cast("B") if not isinstance(blob, bytes) else blob
-        if len(b) < _FIXED:
+        if len(b) < _FIXED_V1:
             raise ModelError(f"agent state blob too short ({len(b)} bytes)")
         try:
             (magic, version, n_act, n_fp, deny_n, n_fan, bloom_items, clock, last_fp,
@@ -179,9 +209,15 @@ class AgentState:
             raise ModelError(f"agent state header unreadable: {exc}") from None
         if magic != _MAGIC:
             raise ModelError("not an agent state blob (bad magic)")
-        if version != CODEC_VERSION:
+        if version not in (1, CODEC_VERSION):
             raise ModelError(f"agent state codec v{version} not supported (v{CODEC_VERSION})")
-        expected = _FIXED + n_act * _ACT_ENTRY + n_fp * _FP_ENTRY + n_fan * _FAN_ENTRY
+        n_recent = 0
+        if version >= 2:
+            n_recent = b[_HEAD.size]
+            if n_recent > RECENT_IDS:
+                raise ModelError("agent state blob holds impossible values")
+        fixed = _FIXED + 8 * n_recent if version >= 2 else _FIXED_V1
+        expected = fixed + n_act * _ACT_ENTRY + n_fp * _FP_ENTRY + n_fan * _FAN_ENTRY
         if len(b) != expected:
             raise ModelError(f"agent state blob is {len(b)} bytes, header implies {expected}")
         (crc,) = _CRC.unpack_from(b, expected - _CRC.size)
@@ -194,6 +230,10 @@ class AgentState:
         st.deny_mask, st.deny_n, st.bloom_items = deny_mask, deny_n, bloom_items
         mv = memoryview(b)
         off = _HEAD.size
+        st.recent = bytearray()
+        if version >= 2:
+            st.recent = bytearray(mv[off + 1:off + 1 + 8 * n_recent])
+            off += 1 + 8 * n_recent
 
         def take(size: int) -> memoryview:
             nonlocal off
