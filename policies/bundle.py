@@ -33,6 +33,8 @@ from typing import Any, Literal, Mapping
 import cedarpy
 
 from holdgate.errors import PolicyError
+from holdgate.policies.projection import CONTEXT_SIGNALS, Projection, project
+from holdgate.signals import SIGNAL_NAMES  # noqa: F401  (re-exported: policies read them)
 
 __all__ = [
     "POLICY_FILE", "SCHEMA_FILE", "ENTITIES_FILE", "CASES_DIR", "PRINCIPAL_TYPE",
@@ -48,16 +50,7 @@ CASES_DIR = "cases"
 BUNDLE_FILES = (POLICY_FILE, SCHEMA_FILE, ENTITIES_FILE)
 #: Every request's principal is ``Agent::"<agent_id>"``.
 PRINCIPAL_TYPE = "Agent"
-#: The signals holdgate computes per agent; the engine places them, as Longs,
-#: in the record ``context.signals``.  A policy reading any other name would
-#: error on every request (deny everything), so such a bundle is refused.
-SIGNAL_NAMES: tuple[str, ...] = (
-    "rate_1s", "rate_60s", "rate_1h",
-    "action_rate_1s", "action_rate_60s", "action_rate_1h",
-    "repeat_10s", "streak", "fanout_60s",
-    "new_action", "new_resource_type", "deny_ratio_pct", "anomaly",
-)
-_CONTEXT_SIGNALS = {".": {"left": {"Var": "context"}, "attr": "signals"}}
+_CONTEXT_SIGNALS = CONTEXT_SIGNALS
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -97,6 +90,7 @@ class PolicyBundle:
     agent_ids: frozenset[str]
     entity_uids: frozenset[tuple[str, str]]
     signals_read: tuple[str, ...] | None
+    projection: Projection
     policy_set: cedarpy.PolicySet
     schema: cedarpy.Schema
     entities: cedarpy.Entities
@@ -138,6 +132,7 @@ class PolicyBundle:
             raise _bundle_error(
                 where, [f"{POLICY_FILE}: cannot re-key policies by @id: {exc}"]) from exc
         signals_read = _signals_read(est, where)
+        projection = project(est, signals_read if signals_read is not None else SIGNAL_NAMES)
         sources = {POLICY_FILE: policy, SCHEMA_FILE: schema, ENTITIES_FILE: entities}
         return cls(
             path=path,
@@ -149,6 +144,7 @@ class PolicyBundle:
             agent_ids=frozenset(i for t, i in uids if t == PRINCIPAL_TYPE),
             entity_uids=frozenset(uids),
             signals_read=signals_read,
+            projection=projection,
             policy_set=policy_set,
             schema=schema_handle,
             entities=entities_handle,
