@@ -1,73 +1,85 @@
-"""Per-agent state for one micro-batch, over a changelog-backed Faust table.
+"""Per-agent state for one batch, over a partitioned byte store.
 
-The table stores `AgentState.to_bytes()` per agent id.  A batch loads only the
-agents it touches, the signal computer mutates them, and `flush` writes each
-dirty state once, to the changelog partition of that agent's action partition
-(the routing contract pins every agent to one partition, so its state lives on
-exactly one worker and moves with the partition on a rebalance).
-
-The table also keeps one watermark record per partition: the last action
-offset folded into state and, after a gap, the event time until which the
-partition is held in `STATE_RECOVERING`.  A gap means actions were consumed
-whose effect on the counters is lost (state deleted, changelog truncated,
-crash between commit and flush): such limits cannot be counted, so they are not
-enforced by guesswork; the gate denies until the windows have refilled.
+The store holds, per partition, `AgentState.to_bytes()` per agent id plus the
+partition's mark (`holdgate.stream.marks`).  A batch loads only the agents it
+touches, the core mutates them, and `BatchStates.writes` hands back each
+changed state once, grouped by partition.  The driver decides when writes
+become durable: the worker puts them on the changelog in the batch's Kafka
+transaction and applies them to its local store once that committed; replay
+applies them at once to memory.  Every agent is pinned to one partition (the
+routing contract), so its state lives on exactly one worker and moves with the
+partition.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, MutableMapping, Protocol
-
-import orjson
+from typing import Callable, Iterator, Mapping, MutableMapping, Protocol
 
 from holdgate.errors import ModelError
 from holdgate.models import AgentState
 
-__all__ = ["StateBackend", "DictBackend", "BatchStates", "Watermarks", "PartitionMark",
-           "watermark_key", "evict_idle"]
+__all__ = ["StateStore", "MemoryStore", "BatchStates", "Writes", "idle_agents"]
+
+#: partition -> key -> blob (None deletes the key)
+Writes = dict[int, dict[str, bytes | None]]
 
 
-class StateBackend(Protocol):
-    """Byte-level store: the Faust table in the worker, a dict in tests and replays."""
+class StateStore(Protocol):
+    """Byte-level, partitioned store: RocksDB in the worker, a dict in replays and tests."""
 
-    def get(self, key: str) -> bytes | None: ...
+    def get(self, partition: int, key: str) -> bytes | None: ...
 
-    def put(self, partition: int, key: str, value: bytes) -> None: ...
+    def apply(self, partition: int, writes: Mapping[str, bytes | None],
+              checkpoint: int | None = None) -> None: ...
 
-    def delete(self, partition: int, key: str) -> None: ...
+    def checkpoint(self, partition: int) -> int | None: ...
 
-    def keys(self) -> Iterator[str]: ...
+    def keys(self, partition: int) -> Iterator[str]: ...
+
+    def drop(self, partition: int) -> None: ...
 
 
 @dataclass
-class DictBackend:
-    """In-memory backend: replays, backtests and unit tests run the same code."""
+class MemoryStore:
+    """In-memory store: replays, backtests, benches and unit tests run the same code."""
 
-    data: dict[str, bytes] = field(default_factory=dict)
+    data: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    checkpoints: dict[int, int] = field(default_factory=dict)
 
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
+    def get(self, partition: int, key: str) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
 
-    def put(self, partition: int, key: str, value: bytes) -> None:
-        self.data[key] = value
+    def apply(self, partition: int, writes: Mapping[str, bytes | None],
+              checkpoint: int | None = None) -> None:
+        part = self.data.setdefault(partition, {})
+        for key, value in writes.items():
+            if value is None:
+                part.pop(key, None)
+            else:
+                part[key] = value
+        if checkpoint is not None:
+            self.checkpoints[partition] = checkpoint
 
-    def delete(self, partition: int, key: str) -> None:
-        self.data.pop(key, None)
+    def checkpoint(self, partition: int) -> int | None:
+        return self.checkpoints.get(partition)
 
-    def keys(self) -> Iterator[str]:
-        return iter(list(self.data))
+    def keys(self, partition: int) -> Iterator[str]:
+        return iter(list(self.data.get(partition, {})))
 
-
-def watermark_key(partition: int) -> str:
-    # '~' can never start an agent id (they start alphanumeric), so no collision.
-    return f"~watermark/{partition}"
+    def drop(self, partition: int) -> None:
+        self.data.pop(partition, None)
+        self.checkpoints.pop(partition, None)
 
 
 class BatchStates(MutableMapping[str, AgentState]):
-    """A lazily decoded view of the agents one batch touches; writes are buffered."""
+    """A lazily decoded view of the agents one batch touches; writes are buffered.
 
-    def __init__(self, backend: StateBackend, partition_of: Callable[[str], int]) -> None:
-        self._backend = backend
+    A stored blob that does not decode is reported in ``corrupt`` (the core
+    then holds the agent's partition) and reads as absent.
+    """
+
+    def __init__(self, store: StateStore, partition_of: Callable[[str], int]) -> None:
+        self._store = store
         self._partition_of = partition_of
         self._cache: dict[str, AgentState | None] = {}
         self._dirty: set[str] = set()
@@ -75,13 +87,13 @@ class BatchStates(MutableMapping[str, AgentState]):
 
     def __getitem__(self, key: str) -> AgentState:
         if key not in self._cache:
-            blob = self._backend.get(key)
+            blob = self._store.get(self._partition_of(key), key)
             state = None
             if blob is not None:
                 try:
                     state = AgentState.from_bytes(blob)
                 except ModelError:
-                    self.corrupt.add(key)  # the decider denies this agent STATE_RECOVERING
+                    self.corrupt.add(key)
             self._cache[key] = state
         state = self._cache[key]
         if state is None:
@@ -102,69 +114,37 @@ class BatchStates(MutableMapping[str, AgentState]):
     def __len__(self) -> int:
         return sum(v is not None for v in self._cache.values())
 
-    def flush(self) -> int:
-        """Write every dirty state once; returns the number of changelog records."""
-        for key in self._dirty:
+    def writes(self) -> Writes:
+        """Every changed state, encoded once, by partition; clears the dirty set."""
+        out: Writes = {}
+        for key in sorted(self._dirty):
             state = self._cache.get(key)
-            part = self._partition_of(key)
-            if state is None:
-                self._backend.delete(part, key)
-            else:
-                self._backend.put(part, key, state.to_bytes())
-        written = len(self._dirty)
+            out.setdefault(self._partition_of(key), {})[key] = \
+                None if state is None else state.to_bytes()
         self._dirty.clear()
-        return written
+        return out
 
 
-@dataclass
-class PartitionMark:
-    offset: int = -1              # last action offset folded into state; -1: none yet
-    hold_until: float = 0.0       # event time until which the partition is recovering
+def idle_agents(store: StateStore, partition: int, event_time: float,
+                idle_ttl: float) -> list[str]:
+    """Agents of `partition` unseen for more than `idle_ttl` of its event time.
 
-
-class Watermarks:
-    """Reads and writes the per-partition watermark records in the same table."""
-
-    def __init__(self, backend: StateBackend) -> None:
-        self._backend = backend
-
-    def get(self, partition: int) -> PartitionMark | None:
-        blob = self._backend.get(watermark_key(partition))
-        if blob is None:
-            return None
-        try:
-            obj = orjson.loads(blob)
-            return PartitionMark(int(obj["offset"]), float(obj["hold_until"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return PartitionMark(offset=-2)   # unreadable: treated as a gap
-
-    def put(self, partition: int, mark: PartitionMark) -> None:
-        self._backend.put(partition, watermark_key(partition), orjson.dumps(
-            {"offset": mark.offset, "hold_until": mark.hold_until}))
-
-
-def evict_idle(backend: StateBackend, partition_of: Callable[[str], int],
-               partition_time: dict[int, float], idle_ttl: float) -> int:
-    """Delete (tombstone) agents unseen for `idle_ttl` of their partition's event time.
-
-    Event time, not the wall clock: a replay evicts the same agents, and a quiet
-    partition keeps its agents until its own traffic moves time on.  Partitions
-    this worker has no time for (not assigned, nothing seen yet) are left alone.
+    Deleting them only reclaims space: the core already treats such an agent
+    as new (see `holdgate.stream.core`), so a sweep never changes a decision
+    and may run whenever the driver likes.  Unreadable blobs are kept for the
+    core, which holds their partition.
     """
-    evicted = 0
-    for agent in backend.keys():
-        if agent.startswith("~"):
+    idle = []
+    for key in store.keys(partition):
+        if key.startswith("~"):
             continue
-        part = partition_of(agent)
-        now = partition_time.get(part)
-        blob = backend.get(agent)
-        if now is None or blob is None:
+        blob = store.get(partition, key)
+        if blob is None:
             continue
         try:
-            idle = now - AgentState.from_bytes(blob).last_seen
+            seen = AgentState.from_bytes(blob).last_seen
         except ModelError:
-            continue            # left for the decider, which holds the partition
-        if idle > idle_ttl:
-            backend.delete(part, agent)
-            evicted += 1
-    return evicted
+            continue
+        if event_time - seen > idle_ttl:
+            idle.append(key)
+    return idle

@@ -1,50 +1,92 @@
 """Start a worker: load and check everything first, refuse to run on anything invalid.
 
-An invalid policy bundle, mismatched topics or a missing key stop the worker
-before it consumes a single action, with a message saying what to fix: a gate
-that runs with a broken policy would be worse than one that is down (agents
-fail closed on timeout either way).
+An invalid policy bundle, mismatched topics or an unusable state folder stop
+the worker before it consumes a single action, with a message saying what to
+fix: a gate that runs with a broken policy would be worse than one that is
+down (agents fail closed on timeout either way).  Once running, SIGTERM or
+SIGINT stops it within seconds whatever the broker's state.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
+import signal
 import socket
+from pathlib import Path
 
 from holdgate.settings import Settings
-from holdgate.stream.decider import Decider
+from holdgate.stream.core import Snapshot
+from holdgate.stream.runner import Runner
+from holdgate.stream.state import StateStore
 
-__all__ = ["build_decider", "run_worker"]
+__all__ = ["build_snapshot", "build_runner", "run_worker", "instance_id"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("holdgate.worker")
 
 
-def build_decider(settings: Settings) -> Decider:
+def build_snapshot(settings: Settings) -> Snapshot:
+    """The policy engine and signal model the settings name, loaded and validated."""
     from holdgate.models import SignalComputer
     from holdgate.policies import PolicyBundle, PolicyEngine
 
     bundle = PolicyBundle.load(settings.policy_path)
-    return Decider(
-        engine=PolicyEngine(bundle), policy_version=bundle.version,
-        signing_key=settings.key_bytes, verdict_ttl=settings.verdict_ttl,
-        max_clock_skew=settings.max_clock_skew, partitions=settings.partitions,
-        signals=SignalComputer() if settings.signals == "on" else None,
-        worker_id=f"{socket.gethostname()}:{os.getpid()}")
+    return Snapshot(engine=PolicyEngine(bundle), policy_version=bundle.version,
+                    signals=SignalComputer() if settings.signals == "on" else None,
+                    max_clock_skew=settings.max_clock_skew,
+                    recovery_hold=settings.recovery_hold, idle_ttl=settings.idle_ttl,
+                    partitions=settings.partitions)
+
+
+def build_runner(settings: Settings, store: StateStore, snapshot: Snapshot | None = None,
+                 worker_id: str | None = None) -> Runner:
+    return Runner(snapshot=snapshot or build_snapshot(settings), store=store,
+                  partitions=settings.partitions, verdict_ttl=settings.verdict_ttl,
+                  signing_key=settings.key_bytes, max_action_bytes=settings.max_action_bytes,
+                  worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}")
+
+
+def instance_id(settings: Settings) -> str:
+    """Static membership id: the same worker (host + state folder) after a restart."""
+    if settings.instance_id:
+        return settings.instance_id
+    where = str(Path(settings.datadir).resolve())
+    return f"{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def run_worker(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM; raises HoldgateError subclasses on bad setup."""
-    import faust
-
-    from holdgate.stream.app import create_app
+    from holdgate.stream.kafka_driver import KafkaDriver
+    from holdgate.stream.store import RocksStore
     from holdgate.topics import ensure_topics
 
-    decider = build_decider(settings)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level.lower() != "debug":   # the client's INFO lines are not ours to show
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    snapshot = build_snapshot(settings)
     if not settings.key_bytes:
         log.warning("HOLDGATE_SIGNING_KEY is not set: verdicts are unsigned and executors "
                     "configured with a key will refuse them")
     ensure_topics(settings)
-    app = create_app(settings, decider)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
-                          redirect_stdouts=False)
-    worker.execute_from_commandline()
+    store = RocksStore(Path(settings.datadir) / "state")
+    try:
+        runner = build_runner(settings, store, snapshot)
+        driver = KafkaDriver(settings, runner, store, instance_id=instance_id(settings))
+        asyncio.run(_serve(driver))
+    finally:
+        store.close()
+
+
+async def _serve(driver: object) -> None:
+    from holdgate.stream.kafka_driver import KafkaDriver
+
+    assert isinstance(driver, KafkaDriver)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, driver.stop)
+    log.warning("holdgate worker starting: %s -> %s (policy %s, model %s)",
+                driver.settings.actions_topic, driver.settings.verdicts_topic,
+                driver.runner.snapshot.policy_version, driver.runner.snapshot.model_version)
+    await driver.run()

@@ -1,4 +1,4 @@
-"""The decision pipeline without Kafka: same Decider, DictBackend in place of the table."""
+"""The runner without Kafka: the same per-batch sequence the worker drives, over a MemoryStore."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,14 +7,12 @@ from typing import Any, Iterable
 import orjson
 import pytest
 
-from holdgate.client import partition_for
 from holdgate.events import ActionRequest, encode
 from holdgate.models import SignalComputer, SignalConfig
 from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
-from holdgate.stream.decider import Decider
-from holdgate.stream.records import BatchResult, RawRecord
-from holdgate.stream.recovery import RecoveryGuard
-from holdgate.stream.state import BatchStates, DictBackend, Watermarks, watermark_key
+from holdgate.routing import partition_for
+from holdgate.stream import BatchOutput, MemoryStore, RawRecord, Runner, Snapshot
+from holdgate.stream.marks import MARK_KEY, PartitionMark
 
 PARTS = 4
 T0 = 1_790_000_000.0
@@ -26,16 +24,19 @@ def engine() -> PolicyEngine:
 
 
 class Pipeline:
-    """A Decider plus its state, fed like the Faust agent feeds it (offsets per partition)."""
+    """A runner plus its state, fed like the Kafka driver feeds it (offsets per partition)."""
 
     def __init__(self, engine: PolicyEngine, hold: float = 60.0) -> None:
-        self.backend = DictBackend()
-        self.guard = RecoveryGuard(Watermarks(self.backend), hold)
+        self.store = MemoryStore()
         self.offsets = [0] * PARTS
-        self.decider = Decider(engine=engine, policy_version="v", signing_key=b"k",
-                               partitions=PARTS, signals=SignalComputer(),
-                               clock=lambda: self.now)
+        snapshot = Snapshot(engine=engine, policy_version="v", signals=SignalComputer(),
+                            recovery_hold=hold, partitions=PARTS)
+        self.runner = Runner(snapshot=snapshot, store=self.store, partitions=PARTS,
+                             signing_key=b"k")
         self.now = T0
+
+    def agent_state(self, agent: str) -> bytes | None:
+        return self.store.get(partition_for(agent, PARTS), agent)
 
     def record(self, req: ActionRequest, *, broker_time: float | None = None) -> RawRecord:
         p = partition_for(req.agent_id, PARTS)
@@ -44,15 +45,13 @@ class Pipeline:
         return RawRecord(key=req.agent_id.encode(), value=encode(req), partition=p, offset=off,
                          timestamp=req.occurred_at if broker_time is None else broker_time)
 
-    def run(self, records: list[RawRecord]) -> BatchResult:
-        states = BatchStates(self.backend, lambda a: partition_for(a, PARTS))
-        result = self.decider.decide_batch(records, states, self.guard)
-        states.flush()
-        self.guard.flush()
-        return result
+    def run(self, records: list[RawRecord]) -> BatchOutput:
+        out = self.runner.run(records, decided_at=self.now)
+        self.runner.apply(out.writes)
+        return out
 
 
-def _verdicts(result: BatchResult) -> list[dict[str, Any]]:
+def _verdicts(result: BatchOutput) -> list[dict[str, Any]]:
     return [orjson.loads(v.value) for v in result.verdicts]
 
 
@@ -142,8 +141,9 @@ def test_lost_state_holds_the_partition_in_state_recovering(engine: PolicyEngine
     reqs = _runaway(3)
     pipe.run([pipe.record(r) for r in reqs])
     part = partition_for("support-bot-2", PARTS)
-    assert watermark_key(part) in pipe.backend.data
-    pipe.backend.data.clear()                      # the changelog is gone
+    assert pipe.store.get(part, MARK_KEY) is not None
+    pipe.store.drop(part)                          # the changelog is gone...
+    pipe.store.apply(part, {MARK_KEY: PartitionMark(hold_pending=True).to_bytes()})  # ...noticed
     later = [_req("support-bot-2", "emails.send", "Email", f"e-{i}", T0 + 1 + i, 10 + i)
              for i in range(8)]
     out = _verdicts(pipe.run([pipe.record(r) for r in later]))
@@ -153,22 +153,24 @@ def test_lost_state_holds_the_partition_in_state_recovering(engine: PolicyEngine
     assert out[4]["signals"]["rate_60s"] == 5         # recovering actions were still counted
 
 
-def test_redelivered_actions_are_not_counted_twice(engine: PolicyEngine) -> None:
+def test_a_request_id_published_twice_is_decided_once(engine: PolicyEngine) -> None:
     pipe = Pipeline(engine)
-    recs = [pipe.record(r) for r in _runaway(3)]
-    pipe.run(recs)
-    state_before = dict(pipe.backend.data)
-    again = _verdicts(pipe.run(recs))             # crash after the changelog, before commit
-    assert len(again) == 3                          # each still gets a verdict...
-    assert pipe.backend.data["support-bot-2"] == state_before["support-bot-2"]  # ...uncounted
+    reqs = _runaway(3)
+    out = pipe.run([pipe.record(r) for r in reqs])
+    state_before = pipe.agent_state("support-bot-2")
+    again = pipe.run([pipe.record(r) for r in reqs])     # a runtime re-sent the same records
+    assert again.verdicts == [] and len(again.deadletters) == 3
+    assert all(b"DUPLICATE_REQUEST" in letter for letter in again.deadletters)
+    assert pipe.agent_state("support-bot-2") == state_before    # not counted either
     nxt = _verdicts(pipe.run([pipe.record(_runaway(4)[3])]))
     assert nxt[0]["signals"]["repeat_10s"] == 4
+    assert len(out.verdicts) == 3
 
 
 def test_corrupt_state_blob_denies_and_holds(engine: PolicyEngine) -> None:
     pipe = Pipeline(engine, hold=30.0)
     pipe.run([pipe.record(_runaway(1)[0])])
-    pipe.backend.data["support-bot-2"] = b"HGAS\x01garbage"
+    pipe.store.apply(partition_for("support-bot-2", PARTS), {"support-bot-2": b"HGAS\x01garbage"})
     out = _verdicts(pipe.run([pipe.record(_runaway(2)[1])]))
     assert out[0]["reasons"][0]["code"] == "STATE_RECOVERING"
 
@@ -180,7 +182,7 @@ def test_state_stays_bounded_under_unique_resources(engine: PolicyEngine) -> Non
         reqs = [_req("data-bot-1", "customers.read", "Customer", f"cus-{chunk}-{i}",
                      T0 + chunk * 5 + i * 0.01, chunk * 500 + i, q=f"{i}") for i in range(500)]
         pipe.run([pipe.record(r) for r in reqs])
-        assert len(pipe.backend.data["data-bot-1"]) <= bound
+        assert len(pipe.agent_state("data-bot-1") or b"") <= bound
 
 
 def test_wrong_partition_is_refused(engine: PolicyEngine) -> None:
@@ -201,25 +203,27 @@ def test_unexpected_engine_failure_denies_everything(engine: PolicyEngine) -> No
             raise RuntimeError("boom")
 
     pipe = Pipeline(engine)
-    pipe.decider.engine = Broken()
+    pipe.runner.snapshot = dataclasses.replace(pipe.runner.snapshot, engine=Broken())
     result = pipe.run([pipe.record(r) for r in _runaway(3)])
     out = _verdicts(result)
     assert len(out) == 3 and {v["reasons"][0]["code"] for v in out} == {"INTERNAL_ERROR"}
     assert len(result.deadletters) == 3
 
 
-def test_idle_agents_are_evicted_on_event_time(engine: PolicyEngine) -> None:
-    from holdgate.stream.state import evict_idle
-
+def test_idle_agents_are_forgotten_on_event_time_and_swept(engine: PolicyEngine) -> None:
     pipe = Pipeline(engine)
+    part = partition_for("support-bot-1", PARTS)
+    assert part == partition_for("support-bot-2", PARTS)
     old = _req("support-bot-1", "tickets.read", "Ticket", "T-1", T0, 1)
+    pipe.run([pipe.record(old)])
+    pipe.runner.snapshot = dataclasses.replace(pipe.runner.snapshot, idle_ttl=600)
     fresh = _req("support-bot-2", "tickets.read", "Ticket", "T-2", T0 + 500, 2)
-    pipe.run([pipe.record(old), pipe.record(fresh)])
-    both = partition_for("support-bot-1", PARTS)
-    assert both == partition_for("support-bot-2", PARTS)
-    part_of = lambda a: partition_for(a, PARTS)  # noqa: E731
-    assert evict_idle(pipe.backend, part_of, {both: T0 + 500}, idle_ttl=600) == 0
-    assert evict_idle(pipe.backend, part_of, {}, idle_ttl=1) == 0          # no time: keep
-    assert evict_idle(pipe.backend, part_of, {both: T0 + 700}, idle_ttl=600) == 1
-    assert "support-bot-1" not in pipe.backend.data and "support-bot-2" in pipe.backend.data
-    assert watermark_key(both) in pipe.backend.data                      # never evicted
+    pipe.run([pipe.record(fresh)])
+    assert pipe.runner.sweep(part) == {}                       # 500 s idle < 600 s
+    later = _req("support-bot-2", "tickets.read", "Ticket", "T-3", T0 + 700, 3)
+    pipe.run([pipe.record(later)])
+    assert pipe.runner.sweep(part) == {"support-bot-1": None}
+    # not swept yet, support-bot-1 is already new again: the same answer either way
+    back = _req("support-bot-1", "tickets.read", "Ticket", "T-1", T0 + 701, 4)
+    [v] = _verdicts(pipe.run([pipe.record(back)]))
+    assert v["signals"]["new_action"] == 1 and v["signals"]["rate_1h"] == 1

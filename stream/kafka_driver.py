@@ -1,0 +1,374 @@
+"""The live driver: actions from Kafka through the runner, exactly once, per partition.
+
+Each batch of a partition is one Kafka transaction holding its verdicts, its
+dead letters, the changed agent states and the partition's mark (changelog).
+The mark records the next action offset to decide and the consumer group's
+offset is committed in the same transaction, so a ``read_committed`` reader
+sees a batch's verdicts if and only if its state and position moved too.  A
+crash at any point either loses the whole batch (it is decided again, from the
+state that did not count it, with the same inputs) or none of it.  The two
+positions agree unless the changelog was lost, which is how lost state is told
+from a normal restart.  Actions are read with ``read_committed`` too, so an
+aborted producer transaction is never decided and its markers are just offsets
+the consumer steps over.
+
+Fencing: every actions partition has its own transactional ids
+(``<app_id>.decide.<partition>.{a,b}``).  A worker taking a partition over
+starts producers with those ids, which fences the previous owner (a zombie's
+late commit fails) and completes or aborts its open transactions *before* the
+new owner restores state.  aiokafka's TxnOffsetCommit carries no group
+generation (KIP-447), so these per-partition ids are what keep zombies out.
+Two ids alternate from batch to batch: a transaction started right after the
+previous one's commit on the same id is refused until its markers are written
+(KAFKA-5477), which costs a 20 ms retry; the other id has no such wait.
+
+Membership: static (``group.instance.id``), so a crashed worker that restarts
+within the session timeout gets its partitions back without a rebalance and
+restores only its changelog tail from the local RocksDB store.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (InvalidProducerEpoch, KafkaError, ProducerFenced,
+                             TransactionalIdAuthorizationFailed)
+
+from holdgate.settings import Settings
+from holdgate.stream.edges import RawRecord
+from holdgate.stream.marks import MARK_KEY, PartitionMark
+from holdgate.stream.restore import restore
+from holdgate.stream.runner import BatchOutput, Runner
+from holdgate.stream.store import RocksStore
+
+__all__ = ["KafkaDriver", "DriverStats"]
+
+log = logging.getLogger("holdgate.worker")
+
+_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+
+
+@dataclass
+class DriverStats:
+    """Counters an operator (and the metrics endpoint) reads."""
+
+    batches: int = 0
+    actions: int = 0
+    allowed: int = 0
+    denied: int = 0
+    deadletters: int = 0
+    aborted: int = 0
+    restored_records: int = 0
+    holds: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    last_restore_seconds: float = 0.0
+
+
+@dataclass
+class _Lane:
+    """One assigned actions partition: its transactional producer and where it stands."""
+
+    partition: int
+    producers: list[AIOKafkaProducer] = field(default_factory=list)
+    turn: int = 0                    # which of the two producers carries the next batch
+    position: int | None = None      # next offset to decide (the mark's next_offset)
+    ready: bool = False
+    task: asyncio.Task[None] | None = None
+    sweep_due: float = 0.0
+
+
+def _append_time(record: Any) -> float | None:
+    """The broker's LogAppendTime in seconds, or None without a usable one."""
+    if record.timestamp is None or record.timestamp_type != 1:
+        return None
+    return record.timestamp / 1000.0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, driver: KafkaDriver) -> None:
+        self.driver = driver
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.driver._revoke({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.driver._assign({tp.partition for tp in assigned})
+
+
+class KafkaDriver:
+    """Runs until `stop()`: consume, decide (one runner), commit per partition, repeat."""
+
+    def __init__(self, settings: Settings, runner: Runner, store: RocksStore, *,
+                 instance_id: str | None = None,
+                 on_batch: Callable[[BatchOutput, float], None] | None = None) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.store = store
+        self.instance_id = instance_id
+        self.on_batch = on_batch
+        self.stats = DriverStats()
+        self._lanes: dict[int, _Lane] = {}
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._topic = settings.actions_topic
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def ready_partitions(self) -> list[int]:
+        return sorted(p for p, lane in self._lanes.items() if lane.ready)
+
+    @property
+    def assigned_partitions(self) -> list[int]:
+        return sorted(self._lanes)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
+            group_instance_id=self.instance_id, enable_auto_commit=False,
+            isolation_level="read_committed", auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(0.5, s.session_timeout / 4) * 1000),
+            max_poll_interval_ms=300_000, fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 2**20, request_timeout_ms=max(
+                40_000, int(s.session_timeout * 1000) + 5000))
+        await self._consumer.start()
+        self._consumer.subscribe([self._topic], listener=_Listener(self))
+        try:
+            await self._loop()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for lane in self._lanes.values():
+            if lane.task is not None:
+                lane.task.cancel()
+        await asyncio.gather(*(self._close_lane(p) for p in list(self._lanes)),
+                             return_exceptions=True)
+        if self._consumer is not None:
+            try:
+                await asyncio.wait_for(self._consumer.stop(), 5.0)
+            except Exception:  # noqa: BLE001 - shutting down whatever the broker's state
+                log.debug("consumer stop failed", exc_info=True)
+
+    # ------------------------------------------------------------------ the loop
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                fetch = asyncio.ensure_future(consumer.getmany(
+                    timeout_ms=200, max_records=self.settings.batch_max))
+                done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if fetch not in done:
+                    fetch.cancel()
+                    break
+                batches = fetch.result()
+                if batches:
+                    async with self._lock:
+                        await self._decide(batches)
+        finally:
+            stop.cancel()
+
+    async def _decide(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        decided_at = time.time()
+        jobs = []
+        for tp, records in batches.items():
+            lane = self._lanes.get(tp.partition)
+            if lane is None or not lane.ready or not records:
+                continue          # not ours (any more): its new owner decides them
+            if lane.position is not None and records[0].offset < lane.position:
+                records = [r for r in records if r.offset >= lane.position]
+                if not records:
+                    continue
+            raws = [RawRecord(key=r.key, value=r.value, partition=tp.partition, offset=r.offset,
+                              topic=tp.topic, timestamp=_append_time(r)) for r in records]
+            out = self.runner.run(raws, decided_at=decided_at)
+            if time.monotonic() >= lane.sweep_due:
+                lane.sweep_due = time.monotonic() + self._sweep_interval()
+                sweep = self.runner.sweep(tp.partition)
+                if sweep:
+                    out.writes.setdefault(tp.partition, {}).update(sweep)
+            jobs.append(self._commit(lane, out))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    def _sweep_interval(self) -> float:
+        return max(60.0, min(3600.0, self.settings.idle_ttl / 24))
+
+    async def _commit(self, lane: _Lane, out: BatchOutput) -> None:
+        """One transaction: verdicts + dead letters + state + offset, then the local store."""
+        s, p = self.settings, lane.partition
+        producer = lane.producers[lane.turn]
+        writes = out.writes.get(p, {})
+        try:
+            await producer.begin_transaction()
+            sends = [await producer.send(s.verdicts_topic, v.value, key=v.key,
+                                         partition=v.partition) for v in out.verdicts]
+            sends += [await producer.send(s.deadletter_topic, letter, partition=0)
+                      for letter in out.deadletters]
+            state_sends = [await producer.send(s.changelog_topic, value, key=key.encode(),
+                                               partition=p) for key, value in writes.items()]
+            # the offset goes out while the records are in flight, not after them
+            await asyncio.gather(*sends, *state_sends, producer.send_offsets_to_transaction(
+                {TopicPartition(self._topic, p): out.next_offsets[p]}, s.app_id))
+            await producer.commit_transaction()
+        except Exception as exc:  # noqa: BLE001 - any failure: this batch did not happen
+            self.stats.aborted += 1
+            await self._lost_batch(lane, exc)
+            return
+        lane.turn ^= 1
+        checkpoint = max(f.result().offset for f in state_sends) if state_sends else None
+        self.store.apply(p, writes, checkpoint)
+        lane.position = out.next_offsets[p]
+        self._count(out)
+        if self.on_batch is not None:
+            self.on_batch(out, time.time())
+
+    def _count(self, out: BatchOutput) -> None:
+        st = self.stats
+        st.batches += 1
+        st.actions += len(out.decisions)
+        st.allowed += out.allowed
+        st.denied += out.denied
+        st.deadletters += len(out.deadletters)
+        for d in out.decisions:
+            for code in {r.code for r in d.reasons}:
+                st.codes[code] = st.codes.get(code, 0) + 1
+
+    async def _lost_batch(self, lane: _Lane, exc: BaseException) -> None:
+        """The transaction failed: nothing of the batch is visible; take the lane again."""
+        p = lane.partition
+        if isinstance(exc, _FENCED):
+            log.warning("partition %d: fenced by another worker (%s); leaving it to its new "
+                        "owner", p, type(exc).__name__)
+        else:
+            log.warning("partition %d: batch transaction failed (%r); re-preparing the "
+                        "partition, the batch will be decided again", p, exc)
+        lane.ready = False
+        if self._consumer is not None and p in self._lanes:
+            self._consumer.pause(TopicPartition(self._topic, p))
+        await self._close_producers(lane)
+        if not isinstance(exc, _FENCED) and p in self._lanes:
+            lane.task = asyncio.ensure_future(self._prepare(lane, delay=0.5))
+
+    # ------------------------------------------------------------------ rebalancing
+    def _assign(self, partitions: set[int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        for p in sorted(partitions):
+            if p in self._lanes:
+                continue
+            lane = self._lanes[p] = _Lane(p)
+            consumer.pause(TopicPartition(self._topic, p))
+            lane.task = asyncio.ensure_future(self._prepare(lane))
+        log.info("assigned actions partitions %s", sorted(partitions))
+
+    async def _revoke(self, partitions: set[int]) -> None:
+        async with self._lock:             # no batch of these partitions is in flight
+            for p in sorted(partitions):
+                lane = self._lanes.get(p)
+                if lane is not None and lane.task is not None:
+                    lane.task.cancel()
+            await asyncio.gather(*(self._close_lane(p) for p in partitions),
+                                 return_exceptions=True)
+        log.info("revoked actions partitions %s", sorted(partitions))
+
+    async def _close_lane(self, partition: int) -> None:
+        lane = self._lanes.pop(partition, None)
+        if lane is not None:
+            lane.ready = False
+            await self._close_producers(lane)
+
+    async def _close_producers(self, lane: _Lane) -> None:
+        producers, lane.producers = lane.producers, []
+        for producer in producers:
+            try:
+                await asyncio.wait_for(producer.stop(), 5.0)
+            except Exception:  # noqa: BLE001 - a fenced or cut-off producer may not stop cleanly
+                log.debug("producer stop failed", exc_info=True)
+
+    async def _prepare(self, lane: _Lane, delay: float = 0.0) -> None:
+        """Fence the previous owner, restore state, decide where to start; then resume."""
+        p = lane.partition
+        backoff = max(delay, 0.0)
+        while not self._stopping.is_set() and self._lanes.get(p) is lane:
+            if backoff:
+                await asyncio.sleep(backoff)
+            try:
+                await self._prepare_once(lane)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker trouble: retry, partition stays paused
+                log.warning("partition %d: not ready yet (%r); retrying", p, exc)
+                await self._close_producers(lane)
+                backoff = min(max(backoff * 2, 0.5), 5.0)
+
+    async def _prepare_once(self, lane: _Lane) -> None:
+        s, p = self.settings, lane.partition
+        consumer = self._consumer
+        assert consumer is not None
+        t0 = time.monotonic()
+        lane.producers = [AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-decide-{p}{side}",
+            transactional_id=f"{s.app_id}.decide.{p}.{side}", transaction_timeout_ms=max(
+                10_000, int(s.session_timeout * 1000)), linger_ms=0, retry_backoff_ms=20,
+            request_timeout_ms=10_000, max_request_size=4 * 2**20) for side in "ab"]
+        # Starting them fences the previous owner and ends its open transactions.
+        await asyncio.wait_for(asyncio.gather(*(pr.start() for pr in lane.producers)), 30.0)
+        tp = TopicPartition(self._topic, p)
+        committed = await consumer.committed(tp)
+        restorer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
+                                    client_id=f"{s.app_id}-restore-{p}",
+                                    enable_auto_commit=False, isolation_level="read_committed")
+        await restorer.start()
+        try:
+            [stats] = await restore(restorer, s.changelog_topic, [p], self.store)
+        finally:
+            await asyncio.wait_for(restorer.stop(), 5.0)
+        self.stats.restored_records += stats.records
+        start = self._start_offset(p, committed)
+        if start is None:
+            await consumer.seek_to_beginning(tp)
+            lane.position = None
+        else:
+            consumer.seek(tp, start)
+            lane.position = start
+        lane.ready = True
+        consumer.resume(tp)
+        self.stats.last_restore_seconds = time.monotonic() - t0
+        log.info("partition %d ready in %.2fs (restored %d changelog records, start %s)", p,
+                 self.stats.last_restore_seconds, stats.records, start)
+
+    def _start_offset(self, p: int, committed: int | None) -> int | None:
+        """Where to resume: the state's own mark, checked against the group offset.
+
+        Both are written in one transaction, so they agree; the group offset is
+        ahead only when state was lost (changelog deleted or truncated): then the
+        partition is held in STATE_RECOVERING from its next action on.
+        """
+        blob = self.store.get(p, MARK_KEY)
+        mark = PartitionMark.from_bytes(blob) if blob is not None else None
+        folded = mark.next_offset if mark is not None else None
+        if folded is None and not committed:
+            return None                               # a new partition: from the beginning
+        if folded is not None and (committed is None or folded >= committed):
+            return folded
+        log.warning("partition %d: state covers actions up to %s but %d were consumed: state "
+                    "was lost; holding the partition in STATE_RECOVERING", p, folded, committed)
+        lost = mark or PartitionMark()
+        lost.hold_pending = True
+        lost.next_offset = committed
+        self.store.apply(p, {MARK_KEY: lost.to_bytes()})
+        self.stats.holds += 1
+        return committed
