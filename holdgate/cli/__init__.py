@@ -36,7 +36,8 @@ def cli(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> No
 
 
 def _register() -> None:
-    from holdgate.cli import client_cmds, demo_cmd, kafka_cmds, policy_cmds, worker_cmd
+    from holdgate.cli import (client_cmds, demo_cmd, history_cmds, kafka_cmds, policy_cmds,
+                              worker_cmd)
 
     cli.add_command(kafka_cmds.kafka)
     cli.add_command(policy_cmds.policy)
@@ -44,6 +45,8 @@ def _register() -> None:
     cli.add_command(client_cmds.send)
     cli.add_command(client_cmds.tail)
     cli.add_command(demo_cmd.demo)
+    cli.add_command(history_cmds.replay)
+    cli.add_command(history_cmds.export)
 
 
 _register()
