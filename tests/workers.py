@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from holdgate.settings import Settings
 
-__all__ = ["WorkerProcess", "publish_raw"]
+__all__ = ["WorkerProcess", "publish_raw", "read_topic", "fleet_bundle"]
 
 
 class WorkerProcess:
@@ -85,14 +85,20 @@ def publish_raw(settings: Settings, request: Any, *, partition: int | None = Non
 
     from holdgate.events import encode
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    if isinstance(request, bytes):          # hand-made bytes, as another runtime would send
+        value, parsed = request, orjson.loads(request)
+        agent_id, request_id = parsed["agent_id"], parsed["request_id"]
+    else:
+        value, agent_id, request_id = encode(request), request.agent_id, request.request_id
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed")
     tps = [TopicPartition(settings.verdicts_topic, p) for p in range(settings.partitions)]
     consumer.assign(tps)
     consumer.seek_to_end(*tps)
     for tp in tps:
         consumer.position(tp)
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
-    producer.send(settings.actions_topic, key=request.agent_id.encode(), value=encode(request),
+    producer.send(settings.actions_topic, key=agent_id.encode(), value=value,
                   partition=partition)
     producer.flush()
     producer.close()
@@ -102,7 +108,52 @@ def publish_raw(settings: Settings, request: Any, *, partition: int | None = Non
         for recs in consumer.poll(timeout_ms=500).values():
             for r in recs:
                 obj = orjson.loads(r.value)
-                if obj["request_id"] == request.request_id:
+                if obj["request_id"] == request_id:
                     found = (r.partition, obj)
     consumer.close()
     return found
+
+
+def read_topic(settings: Settings, topic: str, *, committed: bool = True,
+               timeout: float = 30.0) -> list[Any]:
+    """Every record of `topic` up to its current end, read_committed by default."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed" if committed
+                             else "read_uncommitted")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took longer than {timeout}s")
+            for recs in consumer.poll(timeout_ms=200, max_records=5000).values():
+                out.extend(recs)
+        return out
+    finally:
+        consumer.close()
+
+
+def fleet_bundle(dst: Path, n_agents: int, role: str = "support") -> tuple[Path, list[str]]:
+    """The default bundle plus n agents of a role (a fleet bigger than the demo's)."""
+    import json
+    import shutil
+
+    from holdgate.policies import default_bundle_path
+
+    shutil.copytree(default_bundle_path(), dst, dirs_exist_ok=True)
+    entities = json.loads((dst / "entities.json").read_text())
+    team = {"support": "customer-ops", "data": "analytics", "billing": "finance"}[role]
+    agents = [f"{role}-fleet-{i:04d}" for i in range(n_agents)]
+    entities += [{"uid": {"type": "Agent", "id": a},
+                  "attrs": {"role": role, "team": team, "owner": "tests@example.com"},
+                  "parents": [{"type": "Role", "id": role}, {"type": "Team", "id": team}]}
+                 for a in agents]
+    (dst / "entities.json").write_text(json.dumps(entities))
+    return dst, agents
