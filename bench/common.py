@@ -93,13 +93,17 @@ def bench_settings(bootstrap: str, tag: str, **over: object) -> Settings:
     return settings
 
 
+ECHOES = {"bare": "echo_bare.py", "faust": "echo_faust.py"}
+
+
 @contextmanager
-def worker(settings: Settings, *, echo: bool) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, str(ROOT / "echo_worker.py")] if echo else \
+def worker(settings: Settings, *, echo: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A holdgate worker, or one of the echo floors ("bare" aiokafka, "faust")."""
+    cmd = [sys.executable, str(ROOT / ECHOES[echo])] if echo else \
         [sys.executable, "-m", "holdgate", "worker"]
     log = open(Path(settings.datadir) / "worker.log", "wb")
-    proc = subprocess.Popen(cmd, env={**os.environ, **settings.to_env()}, stdout=log,
-                            stderr=subprocess.STDOUT)
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:

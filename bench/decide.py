@@ -1,9 +1,9 @@
 """Decision cost per action inside the worker, with behavioural signals on versus off.
 
-Drives the real `Decider` (decode, clock/routing checks, signals, Cedar, verdict
-encoding and signing) over the same records in one run, so the ratio is what
-the signals cost.  The state backend is the same BatchStates/DictBackend pair
-the Faust table wraps, so state decode/encode per batch is included.
+Drives the real `Runner` (decode, routing and clock checks, signals, Cedar,
+verdict sealing and signing, state blobs decoded and encoded per batch) over
+the same records in one run, so the ratio is what the signals cost.  The
+engine's decision cache is on, as in the worker; its hit rate is printed.
 """
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from typing import Any
 
 from common import fleet_bundle
 
-from holdgate.client import partition_for
 from holdgate.events import ActionRequest, encode
 from holdgate.models import SignalComputer
 from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
-from holdgate.stream.decider import Decider
-from holdgate.stream.records import RawRecord
-from holdgate.stream.recovery import RecoveryGuard
-from holdgate.stream.state import BatchStates, DictBackend, Watermarks
+from holdgate.routing import partition_for
+from holdgate.stream import MemoryStore, RawRecord, Runner, Snapshot
 
 PARTS = 4
 AGENTS = ("support-bot-1", "support-bot-2", "billing-bot-1", "coder-bot-1", "data-bot-1",
@@ -51,22 +48,22 @@ def _records(n: int, t0: float, fleet: list[str] | None = None) -> list[RawRecor
     return out
 
 
-def _run(engine: PolicyEngine, version: str, records: list[RawRecord], batch: int,
+def _run(bundle: PolicyBundle, records: list[RawRecord], batch: int,
          signals: bool, t0: float) -> tuple[float, dict[str, float]]:
-    backend = DictBackend()
-    guard = RecoveryGuard(Watermarks(backend), 60.0)
-    decider = Decider(engine=engine, policy_version=version, signing_key=b"k",
-                      partitions=PARTS, signals=SignalComputer() if signals else None,
-                      clock=lambda: t0 + len(records) * 0.05)
+    engine = PolicyEngine(bundle)      # a fresh cache per run: every run pays its misses
+    snapshot = Snapshot(engine=engine, policy_version=bundle.version,
+                        signals=SignalComputer() if signals else None, partitions=PARTS)
+    runner = Runner(snapshot=snapshot, store=MemoryStore(), partitions=PARTS,
+                    signing_key=b"k")
+    now = t0 + len(records) * 0.05
     start = time.perf_counter()
     for i in range(0, len(records), batch):
-        states = BatchStates(backend, lambda a: partition_for(a, PARTS))
-        decider.decide_batch(records[i:i + batch], states, guard)
-        states.flush()
-        guard.flush()
+        out = runner.run(records[i:i + batch], decided_at=now)
+        runner.apply(out.writes)
     per_action = (time.perf_counter() - start) / len(records) * 1e6
-    tm = decider.timings
-    parts = {k: tm[k] / len(records) * 1e6 for k in ("decode", "signals", "policy", "encode")}
+    tm = runner.timings
+    parts = {k: tm[k] / len(records) * 1e6 for k in ("decode", "decide", "seal")}
+    parts["cache_hit_pct"] = 100.0 * engine.hits / max(1, engine.hits + engine.misses)
     return per_action, parts
 
 
@@ -75,23 +72,21 @@ def run(*, n: int = 6000, repeats: int = 5) -> dict[str, Any]:
     t0 = time.time()
     bundle = PolicyBundle.load(default_bundle_path())
     print("  workload: 6 busy agents (micro-batch waves of ~6)", flush=True)
-    out["batches"] = _sweep(PolicyEngine(bundle), bundle.version, _records(n, t0), t0, repeats)
+    out["batches"] = _sweep(bundle, _records(n, t0), t0, repeats)
     path, fleet = fleet_bundle(1000)
     fleet_bundle_loaded = PolicyBundle.load(path)
     print("  workload: 1,000 agents (waves as large as the batch)", flush=True)
-    out["fleet_batches"] = _sweep(PolicyEngine(fleet_bundle_loaded), fleet_bundle_loaded.version,
-                                  _records(n, t0, fleet), t0, repeats)
+    out["fleet_batches"] = _sweep(fleet_bundle_loaded, _records(n, t0, fleet), t0, repeats)
     return out
 
 
-def _sweep(engine: PolicyEngine, version: str, records: list[RawRecord], t0: float,
+def _sweep(bundle: PolicyBundle, records: list[RawRecord], t0: float,
            repeats: int) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for batch in (1, 16, 256):
         row: dict[str, Any] = {}
         for signals in (False, True):
-            runs = [_run(engine, version, records, batch, signals, t0)
-                    for _ in range(repeats)]
+            runs = [_run(bundle, records, batch, signals, t0) for _ in range(repeats)]
             med = statistics.median(r[0] for r in runs)
             row["on" if signals else "off"] = {"us_per_action": med,
                                                "breakdown_us": runs[len(runs) // 2][1]}
@@ -103,11 +98,11 @@ def _sweep(engine: PolicyEngine, version: str, records: list[RawRecord], t0: flo
 
 
 def report(res: dict[str, Any]) -> str:
-    lines = [f"decide: µs per action in the Decider, {res['n']} actions, median of "
+    lines = [f"decide: µs per action in the Runner, {res['n']} actions, median of "
              f"{res['repeats']} runs"]
     for key, title in (("batches", "6 busy agents"), ("fleet_batches", "1,000 agents")):
         lines += [f"[{title}]", f"{'batch':>5} {'signals off':>12} {'signals on':>11} "
-                  f"{'ratio':>6}   breakdown (on): decode / signals / policy / encode"]
+                  f"{'ratio':>6}   breakdown (on): decode / decide / seal µs, cache hits"]
         lines += _rows(res[key])
     return "\n".join(lines)
 
@@ -118,6 +113,6 @@ def _rows(batches: dict[int, Any]) -> list[str]:
         b = row["on"]["breakdown_us"]
         lines.append(f"{batch:>5} {row['off']['us_per_action']:>12.1f} "
                      f"{row['on']['us_per_action']:>11.1f} {row['ratio']:>5.2f}x   "
-                     f"{b['decode']:.1f} / {b['signals']:.1f} / {b['policy']:.1f} / "
-                     f"{b['encode']:.1f}")
+                     f"{b['decode']:.1f} / {b['decide']:.1f} / {b['seal']:.1f}, "
+                     f"{b['cache_hit_pct']:.0f}%")
     return lines

@@ -1,11 +1,12 @@
-"""Hold latency and sustained throughput: holdgate's worker against an echo floor.
+"""Hold latency and sustained throughput: holdgate's worker against echo floors.
 
-Both processors run as real worker processes on the same broker in the same
-run, and the same SDK drives them:
+Every processor runs as a real process on the same broker in the same run, and
+the same SDK drives them:
 - latency: C agents in closed loops (one check in flight per agent), for D s;
 - throughput: one AsyncGate keeping W checks in flight across the fleet, for D s.
-The echo processor is the same Faust app with no decision (bench/echo_worker.py),
-so the ratio isolates what holdgate's decision logic adds.
+The floor is a bare aiokafka consume -> produce echo (bench/echo_bare.py); a
+Faust echo (bench/echo_faust.py) is the second line.  holdgate's ratios against
+the bare floor are what its decision, state and exactly-once commits cost.
 """
 from __future__ import annotations
 
@@ -108,11 +109,14 @@ async def _open_window(settings: Any, agents: list[str], seconds: float,
 
 
 def run(bootstrap: str, *, agents: int, seconds: float, window: int,
-        n_fleet: int) -> dict[str, Any]:
+        n_fleet: int, with_faust: bool = True) -> dict[str, Any]:
     bundle, fleet = fleet_bundle(n_fleet)
     out: dict[str, Any] = {"config": {"agents": agents, "seconds": seconds, "window": window,
                                       "fleet": n_fleet, "partitions": 4}}
-    for name, echo in (("echo", True), ("holdgate", False)):
+    runs: list[tuple[str, str | None]] = [("bare", "bare"), ("holdgate", None)]
+    if with_faust:
+        runs.insert(1, ("faust", "faust"))
+    for name, echo in runs:
         settings = bench_settings(bootstrap, name, policy_dir=str(bundle))
         with worker(settings, echo=echo):
             print(f"[{name}] closed loop: {agents} agents x {seconds:.0f}s ...", flush=True)
@@ -126,21 +130,29 @@ def run(bootstrap: str, *, agents: int, seconds: float, window: int,
 
 
 def report(res: dict[str, Any]) -> str:
-    e, h = res["echo"], res["holdgate"]
-    rows = [
-        ("hold latency p50 (ms), closed loop", e["latency"]["p50_ms"], h["latency"]["p50_ms"]),
-        ("hold latency p99 (ms), closed loop", e["latency"]["p99_ms"], h["latency"]["p99_ms"]),
-        ("actions/s, closed loop", e["latency"]["throughput"], h["latency"]["throughput"]),
-        ("hold latency p50 (ms), window", e["throughput"]["p50_ms"], h["throughput"]["p50_ms"]),
-        ("hold latency p99 (ms), window", e["throughput"]["p99_ms"], h["throughput"]["p99_ms"]),
-        ("max sustained actions/s, window", e["throughput"]["throughput"],
-         h["throughput"]["throughput"]),
+    names = [n for n in ("bare", "faust", "holdgate") if n in res]
+    metrics = [
+        ("hold latency p50 (ms), closed loop", "latency", "p50_ms"),
+        ("hold latency p99 (ms), closed loop", "latency", "p99_ms"),
+        ("actions/s, closed loop", "latency", "throughput"),
+        ("hold latency p50 (ms), window", "throughput", "p50_ms"),
+        ("hold latency p99 (ms), window", "throughput", "p99_ms"),
+        ("max sustained actions/s, window", "throughput", "throughput"),
     ]
     c = res["config"]
+    head = f"{'metric':<38}" + "".join(f"{n:>10}" for n in names) + f"{'vs bare':>9}"
+    if "faust" in res:
+        head += f"{'vs faust':>9}"
     lines = [f"hold: {c['agents']} closed-loop agents, window {c['window']}, {c['seconds']:.0f}s "
-             f"each, fleet {c['fleet']}, {c['partitions']} partitions",
-             f"{'metric':<38} {'echo':>10} {'holdgate':>10} {'ratio':>7}"]
-    for label, a, b in rows:
-        lines.append(f"{label:<38} {a:>10.1f} {b:>10.1f} {b / a if a else float('nan'):>6.2f}x")
-    lines.append(f"holdgate verdict codes (window): {h['throughput']['codes']}")
+             f"each, fleet {c['fleet']}, {c['partitions']} partitions", head]
+    for label, mode, key in metrics:
+        values = [res[n][mode][key] for n in names]
+        h, b = res["holdgate"][mode][key], res["bare"][mode][key]
+        line = f"{label:<38}" + "".join(f"{v:>10.1f}" for v in values)
+        line += f"{h / b if b else float('nan'):>8.2f}x"
+        if "faust" in res:
+            f = res["faust"][mode][key]
+            line += f"{h / f if f else float('nan'):>8.2f}x"
+        lines.append(line)
+    lines.append(f"holdgate verdict codes (window): {res['holdgate']['throughput']['codes']}")
     return "\n".join(lines)

@@ -26,7 +26,9 @@ def main(out: Path = ROOT.parent / "docs" / "hold-latency.png") -> None:
     panels = (("latency", "closed loop: 8 agents, one check in flight each"),
               ("throughput", f"{res['config']['window']} checks in flight"))
     for ax, (mode, title) in zip(axes, panels, strict=True):
-        for name, colour in (("echo", "#888888"), ("holdgate", "#1f6feb")):
+        for name, colour in (("bare", "#888888"), ("faust", "#d29922"), ("holdgate", "#1f6feb")):
+            if name not in res:
+                continue
             ms = np.sort(np.asarray(res[name][mode]["samples_ms"]))
             share = np.arange(1, len(ms) + 1) / len(ms)
             label = (f"{name}: p50 {np.median(ms):.1f} ms, p99 {ms[int(0.99 * len(ms))]:.1f} ms, "
@@ -38,7 +40,8 @@ def main(out: Path = ROOT.parent / "docs" / "hold-latency.png") -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("share of actions decided within")
-    fig.suptitle(f"holdgate vs echo floor, same run — {res['machine']}", fontsize=10)
+    fig.suptitle(f"holdgate vs echo floors (bare aiokafka, Faust), same run — {res['machine']}",
+                 fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(exist_ok=True)
     fig.savefig(out, dpi=110)

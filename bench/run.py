@@ -17,10 +17,12 @@ import common  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", nargs="?", default="all", choices=["all", "hold", "decide", "memory"],
-                    help="hold: end-to-end latency/throughput vs echo floor (starts Kafka and "
-                         "workers); decide: per-action cost, signals on vs off; memory: state "
-                         "per agent and for 100k agents")
+    ap.add_argument("which", nargs="?", default="all",
+                    choices=["all", "hold", "decide", "memory", "replay", "restart"],
+                    help="hold: end-to-end latency/throughput vs the bare aiokafka and Faust "
+                         "echoes (starts Kafka and workers); decide: per-action cost, signals on "
+                         "vs off; memory: state per agent and for 100k agents; replay: history "
+                         "throughput; restart: fail-closed outage after SIGKILL vs history")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each hold phase")
     ap.add_argument("--agents", type=int, default=8, help="closed-loop agents (hold)")
@@ -34,6 +36,11 @@ def main() -> None:
         res = decide.run()
         common.save("decide", res)
         print(decide.report(res), "\n", flush=True)
+    if args.which in ("all", "replay"):
+        import replay
+        res = replay.run()
+        common.save("replay", res)
+        print(replay.report(res), "\n", flush=True)
     if args.which in ("all", "memory"):
         import memory
         res = memory.run(agents=args.memory_agents)
@@ -51,6 +58,12 @@ def main() -> None:
             plot.main()
         except SystemExit as exc:          # matplotlib missing: figures printed, no picture
             print(exc)
+    if args.which in ("all", "restart"):
+        import restart
+        with common.broker(args.bootstrap) as bootstrap:
+            res = restart.run(bootstrap)
+        common.save("restart", res)
+        print(restart.report(res), flush=True)
 
 
 if __name__ == "__main__":
