@@ -51,7 +51,8 @@ class KeyedWindows:
         self.key_size = key_size
 
     def observe(self, keys: bytearray, lasts: array, rings: array, key: bytes,
-                now_ms: int, cap: int) -> tuple[list[int], bool]:
+                now_ms: int, cap: int, add: int | tuple[int, ...] = 1
+                ) -> tuple[list[int], bool]:
         """Record one event for ``key`` at ``now_ms``; return (window counts, was_new).
 
         A key not in the table takes a fresh slot; at capacity the slot touched
@@ -66,7 +67,7 @@ class KeyedWindows:
             keys += key
             lasts.append(now_ms)
             rings.extend(self.windows.new())
-        counts = self.windows.observe(rings, i * self.windows.size, lasts[i], now_ms)
+        counts = self.windows.observe(rings, i * self.windows.size, lasts[i], now_ms, add)
         lasts[i] = now_ms
         return counts, fresh
 

@@ -19,7 +19,15 @@ Signals (all include the current action; windows are "at least the horizon", see
     fanout_60s      distinct resources in the window, saturating at max_fanout
     new_action, new_resource_type   1 the first time the agent uses it (Bloom)
     deny_ratio_pct  denies among the last 32 decided actions (from record_outcomes)
-    anomaly         0..1000 distance from the agent's own baseline (0 while warming)
+    anomaly         0..1000: the fitted model's score (> 900: beyond its threshold),
+                    else the agent's own online baseline (0 while warming up)
+    *_pct, unusual_*, off_hours    relative to the fitted profile, see holdgate.signals
+
+Lockout: the 1 s and 60 s windows count every attempt, so a runaway loop stays
+blocked for as long as it hammers; the 1 h windows count only *allowed*
+actions (added in `record_outcomes`), so an agent throttled once is allowed
+again as soon as its short windows calm down instead of staying locked out for
+an hour by its own denied attempts.
 
 Caps (LRU by event time): per-action windows for ``max_actions`` actions, repeat
 windows for ``max_fingerprints`` fingerprints; a forgotten action/fingerprint
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import MutableMapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 import numpy as np
 import orjson
@@ -37,7 +45,9 @@ import orjson
 from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest
 from holdgate.signals import SIGNAL_NAMES, ZERO_SIGNALS
-from holdgate.models.scorer import BaselineConfig, Scorer, score_and_learn
+from holdgate.models.features import feature_matrix
+from holdgate.models.profile import DEFAULT_ACTION_LIMIT, DEFAULT_LIMITS, block_of, pct
+from holdgate.models.scorer import BaselineConfig, score_and_learn
 from holdgate.models.sketch import NOVELTY_BLOOM
 from holdgate.models.state import (
     ACTIONS, FANOUT, FINGERPRINTS, HARD_MAX_FANOUT, HARD_MAX_KEYED, RATES, AgentState,
@@ -47,6 +57,8 @@ from holdgate.models.state import (
 __all__ = ["SIGNAL_NAMES", "ZERO_SIGNALS", "SignalConfig", "SignalComputer", "fingerprint"]
 
 _I_ANOMALY = SIGNAL_NAMES.index("anomaly")
+_COUNT_ALL = (1, 1, 0)        # 1 s and 60 s windows: every attempt; 1 h: allowed only
+_COUNT_ALLOWED = (0, 0, 1)
 _STREAK_MAX = 0xFFFFFFFF
 _CACHE_MAX = 4096
 _OPT = orjson.OPT_SORT_KEYS
@@ -91,34 +103,30 @@ class SignalConfig:
 
 
 class SignalComputer:
-    """Turns each action into its 13 integer signals, updating the agent's state.
+    """Turns each action into its integer signals, updating the agent's state.
 
     Stateless apart from digest caches (pure functions of their keys), so any
     number of computers over the same event sequence give identical signals.
-    ``scorer`` is an optional fitted model (see `Scorer`) applied to the whole
-    micro-batch at once; the reported anomaly is then the max of the agent's
-    own baseline and the model's score.
+    ``model`` is an optional fitted `BaselineModel`: its profiles turn counters
+    into signals relative to each agent's normal, and its forest scores the
+    whole micro-batch at once (vectorized).  ``roles`` maps agent ids to their
+    role (from the policy bundle's entity store), the prior for thin history.
     """
 
-    def __init__(self, *, config: SignalConfig | None = None,
-                 scorer: Scorer | None = None) -> None:
+    def __init__(self, *, config: SignalConfig | None = None, model: Any = None,
+                 roles: Mapping[str, str] | None = None) -> None:
         self.config = config or SignalConfig()
-        self.scorer = scorer
-        if scorer is not None:
-            unknown = set(scorer.FEATURE_NAMES) - set(SIGNAL_NAMES[:_I_ANOMALY])
-            if unknown:
-                raise ConfigError(f"scorer features not among the signals: {sorted(unknown)}")
-            self._cols = [SIGNAL_NAMES.index(n) for n in scorer.FEATURE_NAMES]
+        self.model = model
+        self.roles = dict(roles or {})
         self._actions: dict[str, tuple[bytes, int]] = {}
         self._types: dict[str, int] = {}
 
     @property
     def model_version(self) -> str:
         """Names the scoring in effect, for the verdict's ``model_version``."""
-        base = "online-baseline/1"
-        if self.scorer is None:
-            return base
-        return f"{base}+{self.scorer.model_version}"
+        if self.model is None:
+            return "online-baseline/1"
+        return str(self.model.version)
 
     # -- digests (cached: pure functions of their input) ----------------------
 
@@ -150,11 +158,13 @@ class SignalComputer:
             st.clock = t
         now_ms = int(st.clock * 1000.0)
 
-        rate_1s, rate_60s, rate_1h = RATES.observe(st.rates, 0, prev_ms, now_ms)
+        rate_1s, rate_60s, rate_1h = RATES.observe(st.rates, 0, prev_ms, now_ms, _COUNT_ALL)
+        rate_1h += 1                 # allowed ones so far, and this attempt
 
         akey, amask = self._action_key(req.action)
         (a1, a60, a3600), _ = ACTIONS.observe(
-            st.act_keys, st.act_last, st.act_rings, akey, now_ms, cfg.max_actions)
+            st.act_keys, st.act_last, st.act_rings, akey, now_ms, cfg.max_actions, _COUNT_ALL)
+        a3600 += 1
 
         fp = fingerprint(req)
         (repeat,), _ = FINGERPRINTS.observe(
@@ -182,10 +192,31 @@ class SignalComputer:
         dn = st.deny_n
         deny_pct = (100 * st.deny_mask.bit_count() + dn // 2) // dn if dn else 0
 
-        anomaly = int(score_and_learn(st.baseline, (rate_1s, rate_60s, fanout, repeat),
-                                      cfg.baseline))
-        return [rate_1s, rate_60s, rate_1h, a1, a60, a3600, repeat, st.streak, fanout,
-                new_action, new_type, deny_pct, anomaly]
+        anomaly = 0
+        if self.model is None:
+            anomaly = int(score_and_learn(st.baseline, (rate_1s, rate_60s, fanout, repeat),
+                                          cfg.baseline))
+        row = [rate_1s, rate_60s, rate_1h, a1, a60, a3600, repeat, st.streak, fanout,
+               new_action, new_type, deny_pct, anomaly]
+        row += self._relative(req, st.clock, rate_1s, rate_60s, rate_1h, a1, fanout)
+        return row
+
+    def _relative(self, req: ActionRequest, t: float, rate_1s: int, rate_60s: int,
+                  rate_1h: int, a1: int, fanout: int) -> list[int]:
+        """Counters against this agent's normal: the fitted profile, or fleet defaults."""
+        model = self.model
+        if model is None:
+            l1, l60, l3600, lfan = DEFAULT_LIMITS
+            return [pct(rate_1s, l1), pct(rate_60s, l60), pct(rate_1h, l3600),
+                    pct(a1, DEFAULT_ACTION_LIMIT), pct(fanout, lfan), 0, 0, 0]
+        profiles = model.profiles
+        agent, role, block = req.agent_id, self.roles.get(req.agent_id), block_of(t)
+        l1, l60, l3600, lfan = profiles.limits(agent, role, block)
+        unusual_action, unusual_type = profiles.unusual(agent, role, req.action,
+                                                        req.resource.type)
+        return [pct(rate_1s, l1), pct(rate_60s, l60), pct(rate_1h, l3600),
+                pct(a1, profiles.action_limit(agent, role, req.action)), pct(fanout, lfan),
+                unusual_action, unusual_type, profiles.off_hours(agent, role, block)]
 
     def observe_batch(self, states: MutableMapping[str, AgentState],
                       requests: Sequence[ActionRequest]) -> list[dict[str, int]]:
@@ -206,12 +237,10 @@ class SignalComputer:
                     st = AgentState()
                 touched[aid] = st
             rows.append(self._observe(st, req))
-        if self.scorer is not None and rows:
-            X = np.array(rows, dtype=np.float64)[:, self._cols]
-            fitted = np.clip(np.nan_to_num(self.scorer.score_many(X), nan=1000.0), 0, 1000)
-            for row, s in zip(rows, fitted.astype(np.int64).tolist()):
-                if s > row[_I_ANOMALY]:
-                    row[_I_ANOMALY] = s
+        if self.model is not None and rows:
+            scores = self.model.anomaly(feature_matrix(np.array(rows, dtype=np.float64)))
+            for row, score in zip(rows, scores.tolist()):
+                row[_I_ANOMALY] = score
         for aid, st in touched.items():
             states[aid] = st
         names = SIGNAL_NAMES
@@ -224,10 +253,11 @@ class SignalComputer:
 
     def record_outcomes(self, states: MutableMapping[str, AgentState],
                         requests: Sequence[ActionRequest], denied: Sequence[bool]) -> None:
-        """Feed decisions back (after Cedar) for ``deny_ratio_pct``.
+        """Feed decisions back (after Cedar): ``deny_ratio_pct`` and the 1 h windows.
 
-        Outcomes shift into a 32-bit history per agent in the given order.  An
-        agent with no state (evicted meanwhile) is skipped: it has no history.
+        Outcomes shift into a 32-bit history per agent in the given order, and an
+        allowed action is added to the agent's and the action's 1 h windows at the
+        agent's clock.  An agent with no state (evicted meanwhile) is skipped.
         """
         if len(requests) != len(denied):
             raise ValueError("requests and denied must have the same length")
@@ -243,5 +273,11 @@ class SignalComputer:
             st.deny_mask = ((st.deny_mask << 1) | (1 if d else 0)) & 0xFFFFFFFF
             if st.deny_n < 32:
                 st.deny_n += 1
+            if not d:
+                now_ms = int(st.clock * 1000.0)
+                RATES.observe(st.rates, 0, now_ms, now_ms, _COUNT_ALLOWED)
+                ACTIONS.observe(st.act_keys, st.act_last, st.act_rings,
+                                self._action_key(req.action)[0], now_ms,
+                                self.config.max_actions, _COUNT_ALLOWED)
         for aid, st in touched.items():
             states[aid] = st

@@ -92,17 +92,20 @@ class WindowSet:
         return array("H", bytes(2 * self.size))
 
     def observe(self, rings: array, base: int, last_ms: int, now_ms: int,
-                add: int = 1) -> list[int]:
+                add: int | tuple[int, ...] = 1) -> list[int]:
         """Advance every ring from ``last_ms`` to ``now_ms``, add ``add`` events at
         ``now_ms`` and return the window counts (one per horizon, incl. the added).
 
+        ``add`` may give one count per horizon (a tuple), so that some horizons
+        record an event only later (the 1 h windows count allowed actions only).
         ``now_ms < last_ms`` is a caller bug (clocks are clamped upstream); it is
         treated as ``now_ms == last_ms`` rather than corrupting the ring.
         """
         if now_ms < last_ms:
             now_ms = last_ms
+        adds = add if isinstance(add, tuple) else (add,) * len(self._plan)
         out = []
-        for off, width, n in self._plan:
+        for (off, width, n), add in zip(self._plan, adds):
             off += base
             new = now_ms // width
             step = new - last_ms // width

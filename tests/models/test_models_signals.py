@@ -52,8 +52,17 @@ def test_signal_names_are_fixed() -> None:
     assert SIGNAL_NAMES == (
         "rate_1s", "rate_60s", "rate_1h", "action_rate_1s", "action_rate_60s", "action_rate_1h",
         "repeat_10s", "streak", "fanout_60s", "new_action", "new_resource_type",
-        "deny_ratio_pct", "anomaly")
+        "deny_ratio_pct", "anomaly", "rate_1s_pct", "rate_60s_pct", "rate_1h_pct",
+        "action_rate_1s_pct", "fanout_pct", "unusual_action", "unusual_resource_type",
+        "off_hours")
     assert ZERO_SIGNALS == dict.fromkeys(SIGNAL_NAMES, 0)
+
+
+def allowed(comp: SignalComputer, states: dict[str, Any], req: ActionRequest) -> dict[str, int]:
+    """Observe one action and record it allowed, as the worker does for an allow."""
+    sig = comp.observe(states, req)
+    comp.record_outcomes(states, [req], [False])
+    return sig
 
 
 def test_runaway_loop_climbs_to_300(make_request: MakeRequest) -> None:
@@ -64,9 +73,13 @@ def test_runaway_loop_climbs_to_300(make_request: MakeRequest) -> None:
         assert s["rate_1s"] == s["action_rate_1s"] == s["repeat_10s"] == s["streak"] == i
         assert all(type(v) is int for v in s.values())
     last = sigs[-1]
-    assert last["rate_60s"] == last["rate_1h"] == 300
+    assert last["rate_60s"] == 300
+    assert last["rate_1h"] == 1        # nothing was allowed: the hour counts allowed only
     assert last["fanout_60s"] == 1 and last["new_action"] == 0
     assert last["anomaly"] == 0  # still warming up: no baseline, no opinion
+    # without a model the relative signals use the old fixed thresholds: 20/s, 5/s, 50
+    assert last["rate_1s_pct"] == 1500 and last["action_rate_1s_pct"] == 6000
+    assert sigs[19]["rate_1s_pct"] == 100 and sigs[20]["rate_1s_pct"] == 105
 
 
 def test_human_paced_agent_stays_calm(make_request: MakeRequest) -> None:
@@ -74,7 +87,7 @@ def test_human_paced_agent_stays_calm(make_request: MakeRequest) -> None:
     comp, states = SignalComputer(), {}
     t, sigs = T0, []
     while t < T0 + 3600:
-        sigs.append(comp.observe(states, make_request(
+        sigs.append(allowed(comp, states, make_request(
             t, action=rng.choice(["crm.read", "crm.update", "mail.send"]),
             rid=f"c{rng.randrange(5)}", context={"q": rng.randrange(100)})))
         t += 5.0
@@ -239,32 +252,62 @@ def test_states_are_written_back_once_per_batch(make_request: MakeRequest) -> No
     assert Table.writes == 4
 
 
-def test_fitted_scorer_plugs_in(make_request: MakeRequest) -> None:
-    class Constant(Scorer):
-        FEATURE_NAMES = ("rate_1s", "fanout_60s")
-        model_version = "sha256:test"
+def test_lockout_runaway_stays_blocked_calmed_agent_is_not(make_request: MakeRequest) -> None:
+    """Denied attempts keep the short windows up; the hour counts only what was allowed."""
+    comp, states = SignalComputer(), {}
+    # a runaway loop: 2,000 attempts in 10 s, the first 20 of each second allowed
+    for i in range(2000):
+        req = make_request(T0 + i / 200)
+        sig = comp.observe(states, req)
+        comp.record_outcomes(states, [req], [sig["rate_1s"] > 20])
+    assert sig["rate_1s"] > 150 and sig["rate_1s_pct"] > 100        # still blocked
+    assert sig["rate_1h"] <= 20 * 11 + 1
+    # it calms down: one action every 2 s; the hour does not hold its denied attempts
+    calm = [allowed(comp, states, make_request(T0 + 20 + 2 * i)) for i in range(5)]
+    assert all(s["rate_1s_pct"] <= 100 and s["rate_1h_pct"] <= 100 for s in calm)
+
+
+def test_fitted_model_makes_signals_relative(make_request: MakeRequest) -> None:
+    from holdgate.models.profile import BLOCKS, KINDS, Profiles, block_of
+
+    limits = np.zeros((1, BLOCKS, len(KINDS)), dtype=np.int32)
+    limits[0, block_of(T0)] = (50, 600, 6000, 400)           # a busy job at this hour
+    profiles = Profiles(
+        agents=("batch-1",), roles=("data",), agent_role=np.array([0], dtype=np.int32),
+        agent_limits=limits, role_limits=np.full((1, BLOCKS, len(KINDS)), 4, np.int32),
+        fleet_limits=np.full((BLOCKS, len(KINDS)), 3, np.int32),
+        agent_active=np.array([1 << block_of(T0)], dtype=np.uint8),
+        role_active=np.array([0xFF], dtype=np.uint8),
+        agent_actions={"batch-1": {"crm.read": 60}}, role_actions={"data": {"crm.read": 6}},
+        agent_types={"batch-1": frozenset({"Contact"})},
+        role_types={"data": frozenset({"Contact"})})
+
+    class Model:
+        version = "sha256:test"
         seen: list[np.ndarray] = []
 
-        def learn_one(self, x: Any) -> None:
-            pass
+        def __init__(self) -> None:
+            self.profiles = profiles
 
-        def score_one(self, x: Any) -> float:
-            return 777.0
+        def anomaly(self, X: np.ndarray) -> np.ndarray:
+            Model.seen.append(X)
+            return np.full(len(X), 321, dtype=np.int64)
 
-        def score_many(self, X: np.ndarray) -> np.ndarray:
-            Constant.seen.append(X)
-            return np.full(len(X), 777.0)
-
-    comp = SignalComputer(scorer=Constant())
-    sigs = comp.observe_batch({}, [make_request(T0 + 2 * i, rid=f"r{i}") for i in range(3)])
-    assert [s["anomaly"] for s in sigs] == [777] * 3
-    assert Constant.seen[0].tolist() == [[1, 1], [1, 2], [1, 3]]  # one call, whole batch
-    assert comp.model_version == "online-baseline/1+sha256:test"
-
-    class Bad(Constant):
-        FEATURE_NAMES = ("anomaly",)
-    with pytest.raises(ConfigError):
-        SignalComputer(scorer=Bad())
+    comp = SignalComputer(model=Model(), roles={"batch-1": "data", "new-1": "data"})
+    states: dict[str, Any] = {}
+    burst = comp.observe_batch(states, [make_request(T0 + i / 40, agent="batch-1",
+                                                     rid=f"r{i}") for i in range(40)])
+    assert burst[-1]["rate_1s"] == 40 and burst[-1]["rate_1s_pct"] == 80   # normal for it
+    assert {s["anomaly"] for s in burst} == {321} and len(Model.seen) == 1  # one batch call
+    assert Model.seen[0].shape == (40, 12)
+    assert burst[-1]["unusual_action"] == 0 and burst[-1]["off_hours"] == 0
+    other = comp.observe_batch(states, [make_request(T0 + i / 40, agent="new-1", rid=f"r{i}")
+                                        for i in range(40)])
+    assert other[-1]["rate_1s_pct"] == 1000        # the same burst from a new data agent
+    late = comp.observe(states, make_request(T0 + 6 * 3600, agent="batch-1",
+                                             action="crm.delete"))
+    assert late["unusual_action"] == 1 and late["off_hours"] == 1
+    assert comp.model_version == "sha256:test"
 
 
 def test_config_is_validated() -> None:

@@ -98,6 +98,9 @@ def test_state_size_is_bounded_under_100k_unique_everything() -> None:
     st = states["agent-1"]
     blob = st.to_bytes()
     assert (st.n_actions, st.n_fingerprints, st.n_fanout) == (32, 32, 256)
+    for i in range(20):                 # the core remembers decided request ids too
+        st.remember_request(i.to_bytes(8, "little"))
+    blob = st.to_bytes()
     assert len(blob) == cfg.max_state_bytes == serialized_bound(32, 32, 256) < 7_000
     assert st.memory_bytes() < 2 * cfg.max_state_bytes  # ~8.1 kB measured
     assert sig["fanout_60s"] == 256  # saturated at the cap
