@@ -29,6 +29,7 @@ class Settings:
     partitions: int = 4
     replication_factor: int = 1
     policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
+    model: str = ""                 # fitted baseline model folder (holdgate fit); empty: none
     signing_key: str = field(default="", repr=False)
     verdict_ttl: float = 30.0       # seconds an allow stays actionable
     batch_max: int = 256            # micro-batch size cap

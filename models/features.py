@@ -1,7 +1,9 @@
 """The forest's view of an action: one feature row per signal row, the same in fit and stream.
 
 Features are *relative* to each agent's fitted profile (``*_pct``, unusual
-action or resource type, off hours), so one forest serves a whole fleet: a
+action or resource type, off hours), so one forest serves a whole fleet (the
+online Bloom's new_action is left out: every agent's first action would look
+like an outlier, which is what the profile's unusual_* say better): a
 reporting job at 40 reads/s and a support agent at 1/s both sit near 100 % of
 their own normal.  Counts go through log1p, so "ten times more" is the same
 distance whatever the scale.  Fit and stream call this one function, so the
@@ -18,7 +20,6 @@ __all__ = ["FOREST_FEATURES", "feature_matrix"]
 FOREST_FEATURES: tuple[str, ...] = (
     "rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct", "fanout_pct",
     "repeat_10s", "streak", "unusual_action", "unusual_resource_type", "off_hours",
-    "new_action", "new_resource_type",
 )
 _LOG = ("rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct", "fanout_pct",
         "repeat_10s", "streak")

@@ -88,6 +88,7 @@ class PolicyBundle:
     entity_types: frozenset[str]
     action_ids: frozenset[str]
     agent_ids: frozenset[str]
+    agent_roles: Mapping[str, str]
     entity_uids: frozenset[tuple[str, str]]
     signals_read: tuple[str, ...] | None
     projection: Projection
@@ -126,6 +127,7 @@ class PolicyBundle:
         infos, est = _parse_policies(policy, where)
         _validate_policies(policy, schema_handle, infos, where)
         entities_handle, uids = _parse_entities(entities, schema_handle, where)
+        agent_roles = _agent_roles(entities)
         try:
             policy_set = cedarpy.PolicySet.from_json_str(json.dumps(est))
         except ValueError as exc:  # pragma: no cover - Cedar produced this EST itself
@@ -142,6 +144,7 @@ class PolicyBundle:
             entity_types=entity_types,
             action_ids=frozenset(i for t, i in uids if t == "Action"),
             agent_ids=frozenset(i for t, i in uids if t == PRINCIPAL_TYPE),
+            agent_roles=agent_roles,
             entity_uids=frozenset(uids),
             signals_read=signals_read,
             projection=projection,
@@ -358,6 +361,26 @@ def _signals_read(est: dict[str, Any], where: str) -> tuple[str, ...] | None:
     if problems:
         raise _bundle_error(where, problems)
     return None if whole else tuple(n for n in SIGNAL_NAMES if n in reads)
+
+
+def _agent_roles(text: str) -> dict[str, str]:
+    """Agent id -> role (its ``role`` attribute, else its first Role parent).
+
+    The role is the prior a fitted baseline falls back on for an agent with
+    little history, so it must come from the trusted entity store.
+    """
+    roles: dict[str, str] = {}
+    for item in json.loads(text):
+        uid = item.get("uid") or {}
+        if uid.get("type") != PRINCIPAL_TYPE:
+            continue
+        role = (item.get("attrs") or {}).get("role")
+        if not isinstance(role, str):
+            role = next((p.get("id") for p in item.get("parents") or ()
+                         if isinstance(p, dict) and p.get("type") == "Role"), None)
+        if isinstance(role, str):
+            roles[str(uid.get("id"))] = role
+    return roles
 
 
 def _parse_entities(text: str, schema: cedarpy.Schema,

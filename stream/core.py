@@ -36,7 +36,8 @@ from holdgate.models.state import AgentState, request_key
 from holdgate.routing import partition_for
 from holdgate.stream.marks import PartitionMarks
 
-__all__ = ["Snapshot", "Action", "Decision", "PolicySource", "SignalSource", "decide"]
+__all__ = ["Snapshot", "Action", "Decision", "PolicySource", "SignalSource", "decide",
+           "event_view"]
 
 Outcome = Literal["allow", "deny"]
 
@@ -150,7 +151,7 @@ def decide(snapshot: Snapshot, actions: Sequence[Action],
         if early is not None:
             out[i] = _decision(snapshot, action, "deny", early, {})
         else:
-            slots.append(_Slot(i, action, _event_view(action),
+            slots.append(_Slot(i, action, event_view(action),
                                request_key(action.request.request_id)))
     corrupt: set[str] = getattr(states, "corrupt", set())
     for wave in _waves(slots):
@@ -258,7 +259,7 @@ def _waves(slots: list[_Slot]) -> list[list[_Slot]]:
     return waves
 
 
-def _event_view(action: Action) -> ActionRequest:
+def event_view(action: Action) -> ActionRequest:
     """The request as the counters see it: never later than it was recorded.
 
     The actions topic uses LogAppendTime, so the event time is the broker's,

@@ -29,11 +29,15 @@ log = logging.getLogger("holdgate.worker")
 def build_snapshot(settings: Settings) -> Snapshot:
     """The policy engine and signal model the settings name, loaded and validated."""
     from holdgate.models import SignalComputer
+    from holdgate.models.baseline_model import BaselineModel
     from holdgate.policies import PolicyBundle, PolicyEngine
 
     bundle = PolicyBundle.load(settings.policy_path)
+    model = BaselineModel.load(settings.model) if settings.model else None
+    signals = SignalComputer(model=model, roles=bundle.agent_roles) \
+        if settings.signals == "on" else None
     return Snapshot(engine=PolicyEngine(bundle), policy_version=bundle.version,
-                    signals=SignalComputer() if settings.signals == "on" else None,
+                    signals=signals,
                     max_clock_skew=settings.max_clock_skew,
                     recovery_hold=settings.recovery_hold, idle_ttl=settings.idle_ttl,
                     partitions=settings.partitions)

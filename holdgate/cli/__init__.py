@@ -36,8 +36,9 @@ def cli(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> No
 
 
 def _register() -> None:
-    from holdgate.cli import (client_cmds, demo_cmd, history_cmds, kafka_cmds, policy_cmds,
-                              worker_cmd)
+    from holdgate.cli import (analyst_cmds, client_cmds, demo_cmd, history_cmds, kafka_cmds,
+                              policy_cmds, worker_cmd)
+    from holdgate.cli import sim_cmd
 
     cli.add_command(kafka_cmds.kafka)
     cli.add_command(policy_cmds.policy)
@@ -47,6 +48,9 @@ def _register() -> None:
     cli.add_command(demo_cmd.demo)
     cli.add_command(history_cmds.replay)
     cli.add_command(history_cmds.export)
+    cli.add_command(sim_cmd.simulate)
+    cli.add_command(analyst_cmds.fit)
+    cli.add_command(analyst_cmds.backtest)
 
 
 _register()

@@ -27,6 +27,8 @@ def history_options(fn: F) -> F:
         click.option("--policy-dir", type=click.Path(path_type=Path, exists=True,
                                                       file_okay=False),
                      help="Cedar bundle [env HOLDGATE_POLICY_DIR; default: built-in]."),
+        click.option("--model", type=click.Path(path_type=Path, exists=True, file_okay=False),
+                     help="Fitted baseline model (holdgate fit) [env HOLDGATE_MODEL]."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -64,7 +66,7 @@ def load_history(settings: Settings, input_path: str | None, since: str | None,
               help="Write one replayed verdict per line (JSON Lines) here ('-': stdout).")
 @click.pass_obj
 def replay(settings: Settings, input_path: str | None, since: str | None, until: str,
-           policy_dir: Path | None, output: str | None) -> None:
+           policy_dir: Path | None, model: Path | None, output: str | None) -> None:
     """Replay history through the decision core and compare with the recorded verdicts.
 
     \b
@@ -78,8 +80,8 @@ def replay(settings: Settings, input_path: str | None, since: str | None, until:
     from holdgate.stream.state import MemoryStore
     from holdgate.stream.worker import build_runner
 
-    if policy_dir is not None:
-        settings = settings.with_(policy_dir=str(policy_dir))
+    settings = settings.with_(policy_dir=str(policy_dir) if policy_dir else None,
+                              model=str(model) if model else None)
     runner = build_runner(settings, MemoryStore(), worker_id="replay")
     runner.sealing = False
     records, recorded, source = load_history(settings, input_path, since, until)

@@ -299,7 +299,7 @@ def test_fitted_model_makes_signals_relative(make_request: MakeRequest) -> None:
                                                      rid=f"r{i}") for i in range(40)])
     assert burst[-1]["rate_1s"] == 40 and burst[-1]["rate_1s_pct"] == 80   # normal for it
     assert {s["anomaly"] for s in burst} == {321} and len(Model.seen) == 1  # one batch call
-    assert Model.seen[0].shape == (40, 12)
+    assert Model.seen[0].shape == (40, 10)
     assert burst[-1]["unusual_action"] == 0 and burst[-1]["off_hours"] == 0
     other = comp.observe_batch(states, [make_request(T0 + i / 40, agent="new-1", rid=f"r{i}")
                                         for i in range(40)])
