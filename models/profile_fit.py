@@ -7,9 +7,11 @@ job that reads 40/s every night gets a limit above 40 for its night block; a
 runaway loop that happened on one day of the training window moves one day's
 quantile, not the median, so history with an incident in it still fits.
 
-Roles pool their agents the same way (median over agent-days), and stand in
-for agents with less than `FitConfig.min_agent_rows` actions of history; the
-fleet pools everyone and stands in for roles nobody has seen.
+A role's prior is the largest of its agents' day-robust limits, block by block,
+and stands in for agents with less than `FitConfig.min_agent_rows` actions of
+history (or none: a fleet the model has never seen): an unknown member of the
+role may do what its busiest known member normally does, no more.  The fleet
+prior is the same over every agent, for roles nobody has seen.
 """
 from __future__ import annotations
 
@@ -118,15 +120,17 @@ def fit_profiles(rows: TrainingRows, roles: Mapping[str, str],
 
     keys = np.stack([agent_code, block, day], axis=1) if n else np.zeros((0, 3), np.int64)
     gk, gq = _group_quantiles(keys, values, cfg.quantile, cfg.min_group_rows)
-    agent_limits = limits_from(_median_by(gk, gq, 2), (len(profiled),), new_index)
-    rkeys = np.stack([role_code, block, day, agent_code], axis=1) if n else \
-        np.zeros((0, 4), np.int64)
-    rmask = rkeys[:, 0] >= 0
-    gk, gq = _group_quantiles(rkeys[rmask], values[rmask], cfg.quantile, cfg.min_group_rows)
-    role_limits = limits_from(_median_by(gk, gq, 2), (len(role_names),), None)
-    fkeys = np.stack([block, day, agent_code], axis=1) if n else np.zeros((0, 3), np.int64)
-    gk, gq = _group_quantiles(fkeys, values, cfg.quantile, cfg.min_group_rows)
-    fleet_limits = limits_from(_median_by(gk, gq, 1), (), None)
+    typical = _median_by(gk, gq, 2)           # (agent, block) -> day-robust quantiles
+    every = limits_from(typical, (len(agents_all),), {i: i for i in range(len(agents_all))})
+    agent_limits = every[profiled] if profiled else \
+        np.zeros((0, BLOCKS, len(KINDS)), dtype=np.int32)
+    role_limits = np.zeros((len(role_names), BLOCKS, len(KINDS)), dtype=np.int32)
+    for r in range(len(role_names)):
+        members = [i for i in profiled if role_of_agent[i] == r]
+        if members:
+            role_limits[r] = every[members].max(axis=0)
+    fleet_limits = every[profiled].max(axis=0) if profiled else \
+        np.zeros((BLOCKS, len(KINDS)), dtype=np.int32)
 
     per_block = np.zeros((len(agents_all), BLOCKS), dtype=np.int64)
     np.add.at(per_block, (agent_code, block), 1)
