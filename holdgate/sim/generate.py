@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from holdgate.events import ActionRequest, Resource
+from holdgate.events import SCHEMA_VERSION, ActionRequest, Resource
 from holdgate.sim.attacks import ATTACK_BEHAVIOURS
 from holdgate.sim.config import SimConfig
 from holdgate.sim.personas import BEHAVIOURS, Event
@@ -76,10 +76,10 @@ class Simulation:
         rows: list[tuple[float, int, int, Event]] = []
         start, end = self.config.start, self.config.end
         for agent in self.fleet.agents:
-            for seq, event in enumerate(agent_events(self.fleet, agent)):
-                t = round(event[0], 6)
-                if start <= t < end:
-                    rows.append((t, agent.index, seq, event))
+            index = agent.index
+            rows += [(e[0], index, seq, e)
+                     for seq, e in enumerate(agent_events(self.fleet, agent))
+                     if start <= e[0] < end]
         rows.sort()       # (time, agent, seq) is unique: the event itself is never compared
         self._rows = rows
 
@@ -87,19 +87,40 @@ class Simulation:
         return len(self._rows)
 
     def __iter__(self) -> Iterator[tuple[ActionRequest, Label]]:
-        ids = derive(self.config.seed, "request-ids")
-        agents = self.fleet.agents
         validate = self.config.validate
-        for t, index, _, (_, action, rtype, rid, attrs, ctx, attack) in self._rows:
-            agent = agents[index]
+        for t, request_id_, agent, (_, action, rtype, rid, attrs, ctx, attack) in self._walk():
             request = ActionRequest(
-                request_id=request_id(ids), agent_id=agent.agent_id, action=action,
+                request_id=request_id_, agent_id=agent.agent_id, action=action,
                 resource=Resource(type=rtype, id=rid, attributes=dict(attrs) if attrs else {}),
                 context=dict(ctx) if ctx else {}, occurred_at=t)
             if validate:
                 request = ActionRequest.from_obj(request.to_obj())
-            yield request, Label(request.request_id, agent.agent_id, agent.persona,
+            yield request, Label(request_id_, agent.agent_id, agent.persona,
                                  attack is not None, attack)
+
+    def records(self) -> Iterator[tuple[float, dict[str, Any], Label]]:
+        """``(occurred_at, request.to_obj(), label)`` without building request objects.
+
+        ``orjson.dumps`` of the object gives exactly ``encode(request)`` of
+        :meth:`__iter__` (the tests compare every line); writers use this to
+        serialise many at once (see ``output.write_history``).
+        """
+        if self.config.validate:
+            for request, label in self:
+                yield request.occurred_at, request.to_obj(), label
+            return
+        for t, request_id_, agent, (_, action, rtype, rid, attrs, ctx, attack) in self._walk():
+            yield t, {"schema_version": SCHEMA_VERSION, "request_id": request_id_,
+                      "agent_id": agent.agent_id, "action": action,
+                      "resource": {"type": rtype, "id": rid, "attributes": attrs or {}},
+                      "context": ctx or {}, "occurred_at": t}, \
+                Label(request_id_, agent.agent_id, agent.persona, attack is not None, attack)
+
+    def _walk(self) -> Iterator[tuple[float, str, AgentSpec, Event]]:
+        ids = derive(self.config.seed, "request-ids")
+        agents = self.fleet.agents
+        for t, index, _, event in self._rows:
+            yield t, request_id(ids), agents[index], event
 
 
 def simulate(config: SimConfig | None = None) -> Iterator[tuple[ActionRequest, Label]]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Sequence
 
 import orjson
 
-from holdgate.events import ActionRequest, encode
+from holdgate.events import ActionRequest
 from holdgate.sim.config import PERSONAS, iso
-from holdgate.sim.generate import Label
+from holdgate.sim.generate import Label, Simulation
 from holdgate.sim.world import Fleet
 
 __all__ = ["AttackSpan", "Summary", "write_history"]
@@ -45,11 +45,13 @@ class Summary:
     def benign(self) -> int:
         return self.actions - self.malicious
 
-    def add(self, request: ActionRequest, label: Label) -> None:
-        t = request.occurred_at
+    def add(self, occurred_at: float, label: Label) -> None:
+        t = occurred_at
         self.actions += 1
-        self.first = t if self.first is None else min(self.first, t)
-        self.last = t if self.last is None else max(self.last, t)
+        if self.first is None or t < self.first:
+            self.first = t
+        if self.last is None or t > self.last:
+            self.last = t
         self.by_persona[label.persona] += 1
         if label.malicious:
             self.malicious += 1
@@ -84,38 +86,62 @@ class Summary:
         return "\n".join(lines)
 
 
-def write_history(pairs: Iterable[tuple[ActionRequest, Label]], output: IO[bytes] | None,
-                  labels: IO[bytes] | None = None,
+CHUNK = 4096
+_REQUEST_START = b'{"schema_version":'
+_LABEL_START = b'{"request_id":'
+
+
+def write_history(pairs: Simulation | Iterable[tuple[ActionRequest, Label]],
+                  output: IO[bytes] | None, labels: IO[bytes] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> Summary:
-    """Write one encoded request per line to ``output`` and its label to ``labels``."""
+    """Write one encoded request per line to ``output`` and its label to ``labels``.
+
+    Lines are serialised a chunk at a time (see :func:`_lines`): one
+    ``orjson.dumps`` call costs several microseconds whatever its size, so one
+    call per action would dominate the writer.
+    """
     summary = Summary()
-    dumps = orjson.dumps
-    out_buf: list[bytes] = []
-    lab_buf: list[bytes] = []
-    pending = 0
-    for request, label in pairs:
-        summary.add(request, label)
-        if output is not None:
-            out_buf.append(encode(request))
-        if labels is not None:
-            lab_buf.append(dumps(label.to_obj()))
-        pending += 1
-        if pending >= 4096:
-            _flush(output, out_buf, labels, lab_buf)
-            if on_progress is not None:
-                on_progress(pending)
-            pending = 0
-    _flush(output, out_buf, labels, lab_buf)
-    if on_progress is not None and pending:
-        on_progress(pending)
+    rows: Iterable[tuple[float, dict[str, Any], Label]]
+    if isinstance(pairs, Simulation):
+        rows = pairs.records()
+    else:
+        rows = ((r.occurred_at, r.to_obj(), label) for r, label in pairs)
+    objs: list[dict[str, Any]] = []
+    labs: list[Label] = []
+    for occurred_at, obj, label in rows:
+        summary.add(occurred_at, label)
+        objs.append(obj)
+        labs.append(label)
+        if len(objs) >= CHUNK:
+            _flush(output, objs, labels, labs, on_progress)
+    _flush(output, objs, labels, labs, on_progress)
     return summary
 
 
-def _flush(output: IO[bytes] | None, out_buf: list[bytes], labels: IO[bytes] | None,
-           lab_buf: list[bytes]) -> None:
-    if output is not None and out_buf:
-        output.write(b"\n".join(out_buf) + b"\n")
-    if labels is not None and lab_buf:
-        labels.write(b"\n".join(lab_buf) + b"\n")
-    out_buf.clear()
-    lab_buf.clear()
+def _lines(items: Sequence[Any], start: bytes) -> bytes:
+    """``b"\\n".join(orjson.dumps(x) for x in items) + b"\\n"``, with one dumps call.
+
+    The list is dumped once and split where one top-level object ends and the
+    next begins (``,{"schema_version":``).  A quote inside a JSON string is
+    always escaped and a newline never appears raw, so besides those
+    boundaries the sequence can only occur in a nested object with the same
+    first key: the count check catches that and falls back to one call per item.
+    """
+    if not items:
+        return b""
+    body = orjson.dumps(items)[1:-1].replace(b"," + start, b"\n" + start)
+    if body.count(b"\n") != len(items) - 1:
+        body = b"\n".join(orjson.dumps(x) for x in items)
+    return body + b"\n"
+
+
+def _flush(output: IO[bytes] | None, objs: list[dict[str, Any]], labels: IO[bytes] | None,
+           labs: list[Label], on_progress: Callable[[int], None] | None) -> None:
+    if output is not None:
+        output.write(_lines(objs, _REQUEST_START))
+    if labels is not None:
+        labels.write(_lines(labs, _LABEL_START))     # dataclasses: their fields, in order
+    if on_progress is not None and objs:
+        on_progress(len(objs))
+    objs.clear()
+    labs.clear()

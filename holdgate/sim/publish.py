@@ -103,9 +103,9 @@ def publish(pairs: Iterable[tuple[ActionRequest, Label]], sink: Sink, *, speed: 
             sleep(wait)
         live = replace(request, occurred_at=clock())
         sink.send(partition_for(live.agent_id, n), live.agent_id.encode("utf-8"), encode(live))
-        summary.add(live, label)
+        summary.add(live.occurred_at, label)
         if labels is not None:
-            labels.write(orjson.dumps(label.to_obj()) + b"\n")
+            labels.write(orjson.dumps(label) + b"\n")
         if on_sent is not None:
             on_sent(live, label)
     sink.flush()

@@ -109,6 +109,18 @@ def test_lines_decode_sorted_and_every_request_labelled(history: tuple[bytes, by
         assert orjson.dumps(again.to_obj()) == line
 
 
+def test_fast_writer_equals_encode_of_every_request(history: tuple[bytes, bytes],
+                                                    pairs: list[tuple[ActionRequest, Label]]
+                                                    ) -> None:
+    from holdgate.events import encode
+
+    assert [encode(r) for r, _ in pairs] == history[0].splitlines()
+    assert [orjson.dumps(lb.to_obj()) for _, lb in pairs] == history[1].splitlines()
+    slow = io.BytesIO()
+    write_history(iter(pairs), slow)
+    assert slow.getvalue() == history[0]
+
+
 def test_request_ids_are_uuid4() -> None:
     a, b = random.Random(5), random.Random(5)
     for _ in range(1000):
