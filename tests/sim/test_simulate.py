@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import statistics
@@ -86,7 +87,7 @@ def test_seeds_draw_different_fleets() -> None:
                        len(support), tuple(a.agent_id for a in fleet.agents[:3])))
     for i, a in enumerate(shapes):
         for b in shapes[i + 1:]:
-            assert all(x != y for x, y in zip(a, b)), shapes
+            assert all(x != y for x, y in zip(a, b, strict=True)), shapes
 
 
 def test_lines_decode_sorted_and_every_request_labelled(history: tuple[bytes, bytes],
@@ -186,7 +187,7 @@ def test_exfiltration_is_slow_distinct_and_unlabelled(
         assert all("data_sensitivity" not in r.context for r in leak)
         assert {r.action for r in leak} <= {"customers.read", "records.read", "customers.export"}
         assert len({(r.resource.type, r.resource.id) for r in leak}) == len(leak)
-        gaps = [b.occurred_at - a.occurred_at for a, b in zip(leak, leak[1:])]
+        gaps = [b.occurred_at - a.occurred_at for a, b in itertools.pairwise(leak)]
         assert 1.5 <= statistics.median(gaps) <= 15
         assert leak[-1].occurred_at - leak[0].occurred_at > 1800
 
@@ -262,7 +263,7 @@ def test_publish_paces_by_speed_and_rewrites_occurred_at() -> None:
     assert summary.actions == len(sink.sent) == len(originals)
     span = originals[-1][0].occurred_at - originals[0][0].occurred_at
     assert now[0] - 5_000_000.0 == pytest.approx(span / 100.0, rel=0.01)
-    for (partition, key, value), (request, label) in zip(sink.sent, originals, strict=True):
+    for (partition, key, value), (request, _) in zip(sink.sent, originals, strict=True):
         live = decode_request(value)
         assert live.request_id == request.request_id and key == request.agent_id.encode()
         assert partition == partition_for(request.agent_id, 3)
