@@ -117,7 +117,8 @@ class Simulation:
                 Label(request_id_, agent.agent_id, agent.persona, attack is not None, attack)
 
     def _walk(self) -> Iterator[tuple[float, str, AgentSpec, Event]]:
-        ids = derive(self.config.seed, "request-ids")
+        c = self.config       # ids differ whenever the history does, even under one seed
+        ids = derive(c.seed, "request-ids", c.start, c.hours, c.agents, c.attacks, c.attack_after)
         agents = self.fleet.agents
         for t, index, _, event in self._rows:
             yield t, request_id(ids), agents[index], event
