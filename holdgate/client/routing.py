@@ -17,31 +17,14 @@ key = agent_id lands on the same partition as this SDK.
 from __future__ import annotations
 
 import inspect
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
-
-from kafka.partitioner.default import murmur2
+from typing import Any, Callable, Mapping
 
 from holdgate.errors import ConfigError
-from holdgate.events import ActionRequest
+from holdgate.routing import partition_for
 from holdgate.settings import Settings
 
-__all__ = ["partition_for", "unready_by_partition", "new_request", "metadata_failure",
-           "GateConfig", "GuardSpec", "AgentSlot", "RETRY_AFTER"]
-
-RETRY_AFTER = 1.0   # seconds a setup failure is answered from cache before trying again
-
-
-def partition_for(agent_id: str, partitions: int) -> int:
-    """Partition of `agent_id` among `partitions`, exactly as Kafka's Java default partitioner.
-
-    Note the parentheses: ``(murmur2(key) & 0x7fffffff) % n``.  Written without
-    them, Python's precedence would compute ``murmur2(key) & (0x7fffffff % n)``.
-    """
-    if partitions < 1:
-        raise ValueError("partitions must be >= 1")
-    return (murmur2(agent_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+__all__ = ["partition_for", "GateConfig", "GuardSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,69 +116,3 @@ class GuardSpec:
             else:
                 named[name] = value      # *args stays a tuple under its own name
         return named
-
-
-class _Event(Protocol):
-    def set(self) -> None: ...
-    def is_set(self) -> bool: ...
-
-
-E = TypeVar("E", bound=_Event)
-
-
-class AgentSlot(Generic[E]):
-    """Readiness of one agent: its verdict partition is assigned with a resolved position.
-
-    `ready` (a threading or asyncio Event) is set on success AND on failure; a
-    failure is remembered for `RETRY_AFTER` seconds so a gate whose topics are
-    missing answers UNAVAILABLE at once instead of retrying per check.
-    """
-
-    __slots__ = ("agent_id", "ready", "partition", "error", "failed_at")
-
-    def __init__(self, agent_id: str, ready: E) -> None:
-        self.agent_id = agent_id
-        self.ready = ready
-        self.partition: int | None = None
-        self.error: str | None = None
-        self.failed_at = 0.0
-
-    def fail(self, message: str) -> None:
-        self.error, self.failed_at = message, time.monotonic()
-        self.ready.set()
-
-    @property
-    def reusable(self) -> bool:
-        """Ready, still setting up, or failed so recently that retrying is pointless."""
-        return self.error is None or time.monotonic() - self.failed_at < RETRY_AFTER
-
-
-def unready_by_partition(slots: list[AgentSlot[E]], partitions: int,
-                         ready: set[int] | frozenset[int]) -> dict[int, list[AgentSlot[E]]]:
-    """Route each slot to its verdict partition; release those already assigned.
-
-    Returns the slots still waiting, grouped by the partition to assign for them.
-    """
-    todo: dict[int, list[AgentSlot[E]]] = {}
-    for slot in slots:
-        slot.partition = partition_for(slot.agent_id, partitions)
-        if slot.partition in ready:
-            slot.ready.set()
-        else:
-            todo.setdefault(slot.partition, []).append(slot)
-    return todo
-
-
-def new_request(*, gate: str, default_agent: str | None, agent_id: str | None, action: str,
-                resource: Any, context: Mapping[str, Any] | None) -> ActionRequest:
-    """The validated request a check publishes; raises only for caller bugs."""
-    agent = agent_id or default_agent
-    if not agent:
-        raise ConfigError(f"no agent_id: pass agent_id= to {gate}() or to check()")
-    return ActionRequest.create(agent_id=agent, action=action, resource=resource,
-                                context=context)
-
-
-def metadata_failure(exc: BaseException) -> str:
-    """What a check's UNAVAILABLE deny says when topic metadata could not be had."""
-    return str(exc) if isinstance(exc, LookupError) else f"topic metadata unavailable: {exc!r}"

@@ -1,18 +1,21 @@
-"""The blocking gate (kafka-python): publish the intended action, hold, act only on an allow.
+"""The blocking gate: publish the intended action, hold, act only on an allow.
 
-One `Gate` owns ONE producer and ONE consumer however many threads call
-`check()`.  A single background thread owns the consumer (kafka-python's
-consumer is not thread-safe): it connects, discovers the topics, extends the
-manual assignment when a new agent shows up, and dispatches each verdict by
-request_id to the waiting check.  The producer is thread-safe and is used
-directly by the checking threads, so a check costs one send and one wait.
+`Gate` drives the protocol core (`holdgate.client.core`) with threads, over a
+`Transport` (kafka-python by default).  One gate owns one producer and one
+consumer however many threads call `check()`.
 
-Ordering that makes a verdict impossible to miss: a check sends only after the
-poll thread has assigned its agent's verdict partition, sought to the end and
-*resolved* the position; the pending entry is registered before the send.
+Who reads the consumer: kafka-python's consumer is not thread-safe, so one
+thread at a time holds the *baton* (a lock) and polls.  That thread is a
+waiting check whenever there is one (leader/followers): the leader polls, hands
+the verdicts it reads to the checks they belong to, and passes the baton on
+when its own verdict has come.  A lone check thus reads its own verdict, with
+no extra thread hop; the maintenance thread only does set-up (connect,
+discover, assign, replace a broken client) and drains the consumer when no
+check is waiting, so late verdicts are counted.
 
 Every failure mode is a deny `Verdict` from `check()` (UNAVAILABLE, TIMEOUT,
-INVALID_VERDICT), never an exception and never a hang past the timeout.
+INVALID_VERDICT), never an exception and never a hang past the timeout; a
+check that gives up with its action unacknowledged fences the producer first.
 """
 from __future__ import annotations
 
@@ -20,20 +23,17 @@ import functools
 import inspect
 import logging
 import threading
-import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Mapping, TypeVar
-
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from holdgate.client.core import GateCore
-from holdgate.client.routing import (AgentSlot, GuardSpec, metadata_failure, new_request,
-                                     unready_by_partition)
-from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
+from holdgate.client.kafka_sync import KafkaTransport
+from holdgate.client.routing import GateConfig, GuardSpec
+from holdgate.client.steps import Deny, Pending, Send, Step, Work
+from holdgate.client.transport import (ClientTimeouts, Consumer, Producer, Transport,
+                                       TransportError)
 from holdgate.errors import ActionDenied
-from holdgate.events import ActionRequest, Resource, Verdict, encode
-from holdgate.reasons import TIMEOUT, UNAVAILABLE
+from holdgate.events import Resource, Verdict
 from holdgate.settings import Settings
 
 __all__ = ["Gate"]
@@ -41,27 +41,46 @@ __all__ = ["Gate"]
 log = logging.getLogger("holdgate.client")
 F = TypeVar("F", bound=Callable[..., Any])
 
+UNACKED_AT_TIMEOUT = "a check timed out with its action still unacknowledged"
 
-class Gate(GateCore[threading.Event]):
-    """Synchronous pre-execution gate; share one instance across threads and agents."""
+
+class Gate:
+    """Synchronous pre-execution gate; share one instance across threads and agents.
+
+    `poll_interval` bounds how long the reading thread waits on the network
+    before it looks for set-up work; verdicts themselves are read the moment
+    they arrive.  `transport` replaces Kafka (see `holdgate.client.mock`).
+    """
 
     def __init__(self, *, bootstrap: str | None = None, agent_id: str | None = None,
                  settings: Settings | None = None, signing_key: str | bytes | None = None,
                  default_timeout: float = 5.0, connect_timeout: float = 5.0,
-                 poll_interval: float = 0.05, linger_ms: int = 1) -> None:
-        super().__init__(name="Gate", bootstrap=bootstrap, agent_id=agent_id, settings=settings,
-                         signing_key=signing_key, default_timeout=default_timeout,
-                         connect_timeout=connect_timeout, poll_interval=poll_interval,
-                         linger_ms=linger_ms)
-        self._lock = threading.Lock()           # guards _pending, _slots, _requests
-        self._pending: dict[str, tuple[ActionRequest, Future[Verdict | Failure]]] = {}
-        self._wake = threading.Event()
+                 poll_interval: float = 0.05, linger_ms: int = 1,
+                 transport: Transport | None = None) -> None:
+        config = GateConfig.resolve(bootstrap=bootstrap, settings=settings,
+                                    signing_key=signing_key)
+        if config.key is None:
+            log.warning("holdgate Gate has no signing key: allow verdicts are not authenticated")
+        self._core = GateCore(config, name="Gate", agent_id=agent_id,
+                              default_timeout=default_timeout)
+        if transport is None:
+            transport = KafkaTransport(config, ClientTimeouts.for_gate(
+                default_timeout=default_timeout, connect_timeout=connect_timeout,
+                linger_ms=linger_ms), linger_ms=linger_ms)
+        self._transport = transport
+        self._connect_timeout = connect_timeout
+        self._slice = max(0.001, poll_interval)
+        self._lock = threading.Lock()                 # guards the core and the fields below
+        self._changed = threading.Condition(self._lock)
+        self._work = threading.Event()                # wakes the maintenance thread
         self._closed = threading.Event()
-        self._producer: KafkaProducer | None = None
-        self._consumer: KafkaConsumer | None = None
-        if agent_id:
-            self._want(agent_id)                # warm up: assign before the first check
-        self._thread = threading.Thread(target=self._run, name="holdgate-gate-poll",
+        self._baton = threading.Lock()                # held by whoever reads the consumer
+        self._baton_wanted = False                    # set-up needs the consumer: leaders yield
+        self._waiters: dict[str, Pending] = {}        # checks waiting for their verdict
+        self._offered: Pending | None = None
+        self._faults: list[tuple[Producer, str]] = []  # reported on client threads
+        self._consumer: Consumer | None = None
+        self._thread = threading.Thread(target=self._maintain, name="holdgate-gate",
                                         daemon=True)
         self._thread.start()
 
@@ -74,45 +93,54 @@ class Gate(GateCore[threading.Event]):
         Raises only for caller bugs: `ValidationError` for an action that breaks
         the wire schema, `ConfigError` when no agent id is known.
         """
-        request = new_request(gate="Gate", default_agent=self._agent_id, agent_id=agent_id,
-                              action=action, resource=resource, context=context)
-        agent = request.agent_id
-        wait = self._default_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        if self._closed.is_set():
-            return self._unavailable(request, "gate is closed")
-        slot = self._want(agent)
-        if not slot.ready.wait(max(0.0, deadline - time.monotonic())):
-            return self._unavailable(request, f"gate not ready within {wait:g}s: {self._status}")
-        if slot.error is not None or slot.partition is None or self._producer is None:
-            return self._unavailable(request, slot.error or self._status)
-        future: Future[Verdict | Failure] = Future()
+        p = self._core.begin(action=action, resource=resource, context=context,
+                             timeout=timeout, agent_id=agent_id)
+        p.waker = threading.Event()
         with self._lock:
-            self._pending[request.request_id] = (request, future)
-        if self._closed.is_set():     # close() raced us and already failed the pending table
-            self._take(request.request_id)
-            return self._unavailable(request, "gate is closed")
+            while (admission := self._core.admit(p)) is None:
+                self._work.set()
+                left = p.deadline - self._core.clock.monotonic()
+                if left <= 0:
+                    return self._core.not_ready(p)
+                self._changed.wait(left)
+            if isinstance(admission, Deny):
+                return admission.verdict
+            self._waiters[p.request_id] = p    # before sending: the idle drain keeps off
         try:
-            sent = self._producer.send(self._cfg.actions_topic, value=encode(request),
-                                       key=agent.encode(), partition=slot.partition)
+            return self._send_and_wait(p, admission)
+        finally:
+            with self._lock:
+                self._waiters.pop(p.request_id, None)
+                if self._offered is p:          # leaving with an unused offer: pass it on
+                    self._offer_locked()
+
+    def _send_and_wait(self, p: Pending, admission: Send) -> Verdict:
+        try:
+            admission.producer.send(admission.partition, p.key, p.value,
+                                    functools.partial(self._on_delivery, p))
         except Exception as exc:
-            self._take(request.request_id)
-            return self._unavailable(request, f"could not publish the action: {exc!r}")
-        self._count("sent")
-        sent.add_errback(self._on_send_error, request.request_id)
+            with self._lock:
+                verdict = self._core.send_failed(p, exc)
+            if getattr(exc, "fatal", True):
+                self._fence(admission.producer, f"send failed: {exc}")
+            return verdict
+        with self._lock:
+            self._core.sent(p)
         try:
-            result = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if self._take(request.request_id) is not None:
-                self._count("timeouts")
-                return local_deny(request, code=TIMEOUT, message=(
-                    f"no verdict within {wait:g}s; a verdict arriving later is ignored"))
-            result = future.result()          # resolved in the same instant: use it
-        if isinstance(result, Failure):
-            if result.code == UNAVAILABLE:
-                self._count("unavailable")
-            return local_deny(request, code=result.code, message=result.message)
-        return verify_verdict(result, request, self._cfg.key, time.time())
+            self._await(p)
+        except BaseException:               # interrupted: never deliver after we leave
+            with self._lock:
+                fence = self._core.abandon(p)
+            if fence is not None:
+                self._fence(fence, "a check was interrupted with its action unacknowledged")
+            raise
+        with self._lock:
+            if p.result is not None:
+                return self._core.finish(p)
+            verdict, fence = self._core.expire(p)
+        if fence is not None:
+            self._fence(fence, UNACKED_AT_TIMEOUT)
+        return verdict
 
     def guard(self, *, action: str, resource: Mapping[str, Any] | Callable[..., Any],
               context: Mapping[str, Any] | Callable[..., Any] | None = None,
@@ -140,24 +168,23 @@ class Gate(GateCore[threading.Event]):
     def assigned_partitions(self) -> frozenset[int]:
         """Verdict partitions this gate reads (only those of the agents it has served)."""
         with self._lock:
-            return frozenset(self._ready_partitions)
+            return self._core.assigned_partitions
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters for operators: sent, verdicts, ignored (late/foreign), timeouts, unavailable."""
+        """Counters: sent, verdicts, ignored (late/foreign), timeouts, unavailable, fences."""
         with self._lock:
-            return dict(self._stats)
+            return self._core.stats
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the poll thread, deny every waiting check (UNAVAILABLE) and close the clients."""
+        """Fence the producer, deny every waiting check (UNAVAILABLE), stop and close."""
         if self._closed.is_set():
             return
         self._closed.set()
-        self._wake.set()
+        self._shut("gate is closed")
         # A connect attempt cannot be interrupted; it finishes in the background and
-        # the poll thread closes whatever it opened, so don't make the caller wait for it.
+        # the maintenance thread closes whatever it opened, so don't wait for it.
         self._thread.join(timeout if self._consumer is not None else min(timeout, 0.5))
-        self._fail_all("gate is closed")
 
     def __enter__(self) -> Gate:
         return self
@@ -165,193 +192,229 @@ class Gate(GateCore[threading.Event]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ check helpers
-    def _count(self, name: str) -> None:
+    # ------------------------------------------------------------------ waiting for verdicts
+    def _await(self, p: Pending) -> None:
+        """Until `p` is resolved or its deadline: lead (poll) when the baton is free, else wait."""
+        event: threading.Event = p.waker
+        while p.result is None:
+            left = p.deadline - self._core.clock.monotonic()
+            if left <= 0:
+                return
+            if self._consumer is not None and not self._baton_wanted \
+                    and self._baton.acquire(blocking=False):
+                try:
+                    self._lead(p)
+                finally:
+                    self._baton.release()
+                    self._offer()
+            else:
+                event.wait(left)
+                event.clear()
+
+    def _lead(self, p: Pending) -> None:
         with self._lock:
-            self._stats[name] += 1
+            self._offered = None
+        consumer = self._consumer
+        while consumer is not None and p.result is None and not self._baton_wanted:
+            left = p.deadline - self._core.clock.monotonic()
+            if left <= 0:
+                return
+            try:
+                values = consumer.poll(min(left, self._slice))
+            except TransportError as exc:
+                self._consumer_broken(str(exc))
+                return
+            if values:
+                self._dispatch(values)
 
-    def _unavailable(self, request: ActionRequest, message: str) -> Verdict:
-        self._count("unavailable")
-        return local_deny(request, code=UNAVAILABLE, message=message)
-
-    def _want(self, agent_id: str) -> AgentSlot[threading.Event]:
-        """The agent's slot; queue it for the poll thread unless ready or recently failed."""
+    def _dispatch(self, values: list[bytes | None]) -> None:
         with self._lock:
-            slot = self._slots.get(agent_id)
-            if slot is not None and slot.reusable:
-                return slot
-            slot = AgentSlot(agent_id, threading.Event())
-            self._slots[agent_id] = slot
-            self._requests.append(slot)
-        self._wake.set()
-        return slot
+            for woken in self._core.receive(values):
+                woken.waker.set()
 
-    def _take(self, request_id: str) -> Future[Verdict | Failure] | None:
+    def _offer(self) -> None:
         with self._lock:
-            entry = self._pending.pop(request_id, None)
-        return None if entry is None else entry[1]
+            self._offer_locked()
 
-    def _resolve(self, request_id: str | None, result: Verdict | Failure) -> bool:
-        future = self._take(request_id) if request_id is not None else None
-        if future is None:
-            return False
-        future.set_result(result)
-        return True
+    def _offer_locked(self) -> None:
+        """Wake one waiting check to take the baton (the others keep sleeping)."""
+        self._offered = next((w for w in self._waiters.values() if w.result is None), None)
+        if self._offered is not None:
+            self._offered.waker.set()
 
-    def _on_send_error(self, request_id: str, exc: BaseException) -> None:
-        self._resolve(request_id, Failure(UNAVAILABLE, f"could not publish the action: {exc!r}"))
+    @contextmanager
+    def _holding_baton(self) -> Iterator[None]:
+        self._baton_wanted = True
+        self._baton.acquire()
+        self._baton_wanted = False
+        try:
+            yield
+        finally:
+            self._baton.release()
+            self._offer()
 
-    def _fail_all(self, message: str) -> None:
+    # ------------------------------------------------------------------ faults
+    def _on_delivery(self, p: Pending, error: TransportError | None) -> None:
+        """Producer callback (kafka-python's thread): settle the record, report a fault."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-            requests, self._requests = self._requests, []
-        for _, future in pending.values():
-            future.set_result(Failure(UNAVAILABLE, message))
-        self._fail_slots(requests, message)
+            woken = self._core.delivered(p, error)
+            if woken is not None:
+                woken.waker.set()
+            if error is not None and error.fatal and p.producer is self._core.producer:
+                self._faults.append((p.producer, f"delivery failed: {error}"))
+                self._work.set()            # fenced on the maintenance thread, not this one
 
-    # ------------------------------------------------------------------ poll thread
-    def _run(self) -> None:
-        backoff = 0.2
-        final = "gate is closed"
+    def _fence(self, producer: Producer, reason: str) -> None:
+        """Drop `producer`'s unacknowledged actions, then deny their checks; replace it."""
+        producer.fence()
+        with self._lock:
+            for woken in self._core.producer_fault(producer, reason):
+                woken.waker.set()
+            self._changed.notify_all()
+        self._work.set()
+
+    def _consumer_broken(self, reason: str) -> None:
+        """Called holding the baton: reset the whole session (checks waiting are denied)."""
+        log.warning("holdgate gate: %s; reconnecting", reason)
+        with self._lock:
+            producer = self._core.producer
+        if producer is not None:
+            producer.fence()
+        with self._lock:
+            woken = self._core.producer_fault(producer, reason) if producer is not None else []
+            woken += self._core.consumer_fault(reason)
+            for p in woken:
+                p.waker.set()
+            consumer, self._consumer = self._consumer, None
+            self._changed.notify_all()
+        if consumer is not None:
+            consumer.close()
+        self._work.set()
+
+    def _shut(self, message: str) -> None:
+        with self._lock:
+            producer = self._core.producer
+        if producer is not None:
+            producer.fence()
+        with self._lock:
+            for p in self._core.close(message):
+                if p.waker is not None:
+                    p.waker.set()
+            self._changed.notify_all()
+        self._work.set()
+
+    # ------------------------------------------------------------------ maintenance thread
+    def _maintain(self) -> None:
+        message = "gate is closed"
         try:
             while not self._closed.is_set():
-                if self._consumer is None:
-                    try:
-                        self._connect()
-                        backoff = 0.2
-                    except Exception as exc:
-                        self._status = f"broker {self._cfg.bootstrap} unreachable: {exc!r}"
-                        log.warning("holdgate gate: %s", self._status)
-                        self._fail_requests(self._status)
-                        self._closed.wait(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                self._work.clear()
+                with self._lock:
+                    faults, self._faults = self._faults, []
+                for producer, reason in faults:
+                    self._fence(producer, reason)
+                with self._lock:
+                    step = self._core.next_work()
+                if isinstance(step, Step):
+                    self._perform(step)
                     continue
-                try:
-                    self._serve_requests()
-                    if self._ready_partitions:
-                        self._dispatch(self._consumer.poll(timeout_ms=self._poll_ms))
-                    else:
-                        self._wake.wait(self._poll_ms / 1000)
-                        self._wake.clear()
-                except Exception as exc:  # keep serving; waiting checks time out closed
-                    self._status = f"consumer error: {exc!r}"
-                    log.warning("holdgate gate: %s", self._status, exc_info=True)
-                    self._closed.wait(backoff)
+                self._work.wait(self._slice if step is None else min(step, self._slice))
+                if step is None:
+                    self._drain()
         except BaseException as exc:  # a bug: fail closed, loudly
-            log.exception("holdgate gate poll thread stopped")
-            final = self._status = f"gate poll thread failed: {exc!r}"
-            self._closed.set()
+            log.exception("holdgate gate maintenance thread stopped")
+            message = f"gate maintenance thread failed: {exc!r}"
         finally:
-            self._fail_all(final)
-            self._close_clients()
+            self._closed.set()
+            self._shut(message)
+            if self._baton.acquire(timeout=1.0):
+                consumer, self._consumer = self._consumer, None
+                self._baton.release()
+                if consumer is not None:
+                    consumer.close()
 
-    def _connect(self) -> None:
-        bootstrap_ms = int(self._connect_timeout * 1000)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._cfg.bootstrap, client_id=self._cfg.client_id,
-            group_id=None, enable_auto_commit=False, auto_offset_reset="latest",
-            fetch_max_wait_ms=100, request_timeout_ms=10000, bootstrap_timeout_ms=bootstrap_ms)
-        try:
-            producer = KafkaProducer(
-                bootstrap_servers=self._cfg.bootstrap, client_id=self._cfg.client_id,
-                acks="all", enable_idempotence=True, linger_ms=self._linger_ms,
-                max_block_ms=bootstrap_ms, request_timeout_ms=10000,
-                bootstrap_timeout_ms=bootstrap_ms)
-        except Exception:
-            consumer.close(autocommit=False)
-            raise
-        self._consumer, self._producer = consumer, producer
-        self._status = f"connected to {self._cfg.bootstrap}"
-
-    def _fail_requests(self, message: str) -> None:
-        with self._lock:
-            requests, self._requests = self._requests, []
-        self._fail_slots(requests, message)
-
-    def _discover(self) -> int:
-        """Partition count of the gate's topics, checked to exist and to match."""
-        consumer, producer = self._consumer, self._producer
-        assert consumer is not None and producer is not None
-        counts = {t: len(consumer.partitions_for_topic(t))
-                  for t in (self._cfg.actions_topic, self._cfg.verdicts_topic)}
-        missing = [t for t, n in counts.items() if n == 0]
-        if missing:
-            raise LookupError(self._cfg.missing_topics_message(missing))
-        actions, verdicts = counts[self._cfg.actions_topic], counts[self._cfg.verdicts_topic]
-        if actions != verdicts:
-            raise LookupError(self._cfg.partition_counts_message(actions, verdicts))
-        producer.partitions_for(self._cfg.actions_topic)  # warm: send() must never block on it
-        return actions
-
-    def _serve_requests(self) -> None:
-        """Make queued agents ready: extend the assignment, seek to end, resolve positions."""
-        with self._lock:
-            requests, self._requests = self._requests, []
-        if not requests:
-            return
-        try:
-            self._make_ready(requests)
-        except BaseException as exc:   # never leave a check waiting on a dead request
-            self._fail_slots([s for s in requests if not s.ready.is_set()],
-                             f"gate setup failed: {exc!r}")
-            raise
-
-    def _make_ready(self, requests: list[AgentSlot[threading.Event]]) -> None:
-        if self._partitions is None:
-            try:
-                self._partitions = self._discover()
-            except Exception as exc:
-                self._status = metadata_failure(exc)
-                self._fail_slots(requests, self._status)
-                return
+    def _drain(self) -> None:
+        """No check is reading: take what arrived (late verdicts), without blocking anyone."""
         consumer = self._consumer
-        assert consumer is not None
-        todo = unready_by_partition(requests, self._partitions, self._ready_partitions)
-        if not todo:
+        if consumer is None or self._waiters or not self._baton.acquire(blocking=False):
             return
-        topic = self._cfg.verdicts_topic
-        new = [TopicPartition(topic, p) for p in todo
-               if TopicPartition(topic, p) not in consumer.assignment()]
-        if new:
-            consumer.assign(list(consumer.assignment() | set(new)))  # keeps old positions
-            consumer.seek_to_end(*new)
-        for partition, slots in todo.items():
-            tp = TopicPartition(topic, partition)
+        try:
+            values = consumer.poll(0)
+            if values:
+                self._dispatch(values)
+        except TransportError as exc:
+            self._consumer_broken(str(exc))
+        finally:
+            self._baton.release()
+            self._offer()
+
+    def _perform(self, step: Step) -> None:
+        cfg, timeout = self._core.config, self._connect_timeout
+        if step.work is Work.CONNECT:
             try:
-                position = consumer.position(tp, timeout_ms=int(self._connect_timeout * 1000))
+                consumer = self._transport.open_consumer(timeout)
             except Exception as exc:
-                position, error = None, f"{exc!r}"
-            else:
-                error = "offset lookup timed out"
-            if position is None:
-                self._fail_slots(slots, f"cannot read verdicts partition {topic}[{partition}]: "
-                                        f"{error}")
-                continue
+                message = f"broker {cfg.bootstrap} unreachable: {exc!r}"
+                self._report(lambda c: c.consumer_failed(message))
+                return
+            if self._closed.is_set():
+                consumer.close()
+                return
+            with self._holding_baton():
+                self._consumer = consumer
+            self._report(lambda c: c.consumer_opened())
+        elif step.work is Work.OPEN_PRODUCER:
+            try:
+                producer = self._transport.open_producer(timeout)
+            except Exception as exc:
+                message = f"cannot open a producer on {cfg.bootstrap}: {exc!r}"
+                self._report(lambda c: c.producer_failed(message))
+                return
+            if self._closed.is_set():
+                producer.fence()
+                return
+            self._report(lambda c: c.producer_opened(producer))
+        elif step.work is Work.PREPARE:
+            self._prepare(timeout)
+        else:
+            with self._holding_baton():
+                self._consumer_step(step, timeout)
+
+    def _prepare(self, timeout: float) -> None:
+        with self._lock:
+            producer = self._core.producer
+        try:
+            producer.prepare(timeout)
+        except Exception as exc:
             with self._lock:
-                self._ready_partitions.add(partition)
-            for slot in slots:
-                slot.ready.set()
-        self._status = "ready"
+                producer = self._core.producer_failed(
+                    f"no metadata for {self._core.config.actions_topic!r}: {exc!r}")
+            if producer is not None:
+                producer.fence()
+            return
+        self._report(lambda c: c.producer_prepared() if c.producer is producer else None)
 
-    def _dispatch(self, batch: Mapping[Any, list[Any]]) -> None:
-        for records in batch.values():
-            for record in records:
-                request_id, result = parse_record(record.value)
-                if self._resolve(request_id, result):
-                    self._count("verdicts")
-                else:
-                    self._count("ignored")   # another gate's, or late after a timeout
+    def _consumer_step(self, step: Step, timeout: float) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        if step.work is Work.DISCOVER:
+            topics = (self._core.config.actions_topic, self._core.config.verdicts_topic)
+            try:
+                counts = consumer.partition_counts(topics, timeout)
+            except Exception as exc:
+                message = repr(exc)
+                self._report(lambda c: c.discovery_failed(message))
+            else:
+                self._report(lambda c: c.discovered(counts))
+        else:
+            try:
+                errors = consumer.assign(step.partitions, timeout)
+            except Exception as exc:
+                errors = dict.fromkeys(step.partitions, repr(exc))
+            self._report(lambda c: c.assigned(step.partitions, errors))
 
-    def _close_clients(self) -> None:
-        consumer, producer = self._consumer, self._producer
-        self._consumer = None
-        if consumer is not None:
-            try:
-                consumer.close(autocommit=False)
-            except Exception:
-                log.debug("consumer close failed", exc_info=True)
-        if producer is not None:
-            try:
-                producer.close(timeout=2)
-            except Exception:
-                log.debug("producer close failed", exc_info=True)
+    def _report(self, event: Callable[[GateCore], None]) -> None:
+        with self._lock:
+            event(self._core)
+            self._changed.notify_all()

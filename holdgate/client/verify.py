@@ -33,43 +33,46 @@ class Failure(NamedTuple):
 
 
 def local_deny(request: ActionRequest, *, code: str, message: str,
-               now: float | None = None) -> Verdict:
+               now: float | None = None, digest: str | None = None) -> Verdict:
     """A deny decided by the SDK itself (timeout, unavailable, invalid verdict).
 
     It names the request and binds its digest like a worker verdict, so audit
     logs can join it, but `policy_version` is "local", it is unsigned and it
     expires the moment it is made: nobody can replay it as a permission.
+    `digest` is that of the bytes actually published, when the caller has it.
     """
     at = time.time() if now is None else now
     return Verdict(
         request_id=request.request_id, agent_id=request.agent_id, decision="deny",
         reasons=(Reason(code=code, message=message),), policy_version=LOCAL_POLICY_VERSION,
-        action_digest=request.digest, decided_at=at, expires_at=at,
+        action_digest=digest or request.digest, decided_at=at, expires_at=at,
         request=request.to_obj(),
     )
 
 
 def verify_verdict(verdict: Verdict, request: ActionRequest, key: bytes | None,
-                   now: float) -> Verdict:
+                   now: float, *, digest: str | None = None) -> Verdict:
     """Return `verdict` if it may be acted on as is, else a local INVALID_VERDICT deny.
 
     A worker deny is returned unchanged once it is known to be about this
     request (it is already a deny; its reasons are worth keeping).  An allow
     must additionally bind the action digest, be unexpired and, when `key` is
     set, be signed with it.  Any surprise while checking is itself a failure.
+    `digest` is that of the bytes the SDK published (default: ``request.digest``,
+    the same bytes re-encoded); the allow must bind exactly those.
     """
     try:
-        problem = _problem(verdict, request, key, now)
+        problem = _problem(verdict, request, key, now, digest or request.digest)
     except Exception as exc:  # malformed field types: never let them become an allow
         problem = f"verdict could not be checked: {type(exc).__name__}: {exc}"
     if problem is None:
         return verdict
     log.warning("verdict for request %s rejected: %s", request.request_id, problem)
-    return local_deny(request, code=INVALID_VERDICT, message=problem, now=now)
+    return local_deny(request, code=INVALID_VERDICT, message=problem, now=now, digest=digest)
 
 
 def _problem(verdict: Verdict, request: ActionRequest, key: bytes | None,
-             now: float) -> str | None:
+             now: float, digest: str) -> str | None:
     if verdict.request_id != request.request_id:
         return f"verdict is for request {verdict.request_id!r}, not {request.request_id!r}"
     if verdict.agent_id != request.agent_id:
@@ -78,7 +81,6 @@ def _problem(verdict: Verdict, request: ActionRequest, key: bytes | None,
         return None
     if verdict.decision != "allow":
         return f"unknown decision {verdict.decision!r}"
-    digest = request.digest
     if verdict.action_digest != digest:
         return f"action digest mismatch: verdict binds {verdict.action_digest!r}, " \
                f"the request is {digest!r}"

@@ -98,14 +98,14 @@ async def test_two_agents_and_in_flight_verdicts_survive_reassignment(
                          default_timeout=3.0) as gate:
         assert (await gate.check(action=ALLOWED_ACTION, resource=TICKET)).allowed
         assert gate._consumer is not None
-        assert {tp.partition for tp in gate._consumer.assignment()} == {0}
+        assert {tp.partition for tp in gate._consumer.raw.assignment()} == {0}
         slow = [asyncio.create_task(gate.check(action=ALLOWED_ACTION, resource=TICKET,
                                                context={"delay_ms": 300})) for _ in range(8)]
         await asyncio.sleep(0.1)
         other = await gate.check(action=ALLOWED_ACTION, resource=TICKET, agent_id=agents[1])
         assert other.allowed and other.agent_id == agents[1]
         assert all(v.allowed for v in await asyncio.gather(*slow))
-        assert {tp.partition for tp in gate._consumer.assignment()} == {0, 1}
+        assert {tp.partition for tp in gate._consumer.raw.assignment()} == {0, 1}
         assert gate.assigned_partitions() == {0, 1}
 
 

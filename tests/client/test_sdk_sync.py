@@ -151,9 +151,10 @@ def test_assignment_holds_only_the_agents_partitions(gate_settings: Settings,
     with Gate(settings=gate_settings, agent_id=a0, default_timeout=2.0) as gate:
         assert gate.check(action=ALLOWED_ACTION, resource=TICKET).allowed
         assert gate._consumer is not None
-        assert gate._consumer.assignment() == {TopicPartition(topic, 0)}
+        assert gate._consumer.raw.assignment() == {TopicPartition(topic, 0)}
         assert gate.check(action=ALLOWED_ACTION, resource=TICKET, agent_id=a1).allowed
-        assert gate._consumer.assignment() == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+        assert gate._consumer.raw.assignment() == {TopicPartition(topic, 0),
+                                                   TopicPartition(topic, 1)}
 
 
 def test_adding_an_agent_keeps_in_flight_verdicts(gate_settings: Settings,
