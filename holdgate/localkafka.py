@@ -282,6 +282,11 @@ class LocalKafka:
         self._state_file.write_text(json.dumps(state))
         return True
 
+    def restart(self, timeout: float = 90.0) -> str:
+        """Stop (SIGTERM) and start again on the same ports and data dir."""
+        self.stop()
+        return self.start(timeout)
+
     def status(self) -> dict[str, object]:
         pid = self.pid()
         return {"running": pid is not None, "pid": pid, "bootstrap": self.bootstrap,
@@ -290,7 +295,14 @@ class LocalKafka:
 
 
 def _port_busy(port: int) -> bool:
+    """True if something listens on `port`.
+
+    SO_REUSEADDR as Kafka's own listener sets it: connections a stopped broker
+    closed linger in TIME_WAIT on its port, which must not count as busy, or a
+    broker could not be started again on its ports right after `stop()`.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
