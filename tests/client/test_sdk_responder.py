@@ -6,7 +6,9 @@ key = agent_id, and replies with a signed Verdict on the SAME partition number
 of the verdicts topic, key = agent_id: allow for "tickets.read", deny with a
 reason otherwise.  The request's context can ask for misbehaviour (`respond`:
 silent, tamper, wrong_key, expired, bad_digest, unsigned, garbage; `delay_ms`) so the
-tests can drive every verification path through a real broker.
+tests can drive every verification path through a real broker, and for a verdict
+written in a Kafka transaction (`respond`: committed, aborted), as the worker
+writes them, to prove that the SDK reads only committed verdicts.
 
 The Gate and AsyncGate test modules build their `responder` fixture from
 `running_responder` here.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Iterator
@@ -37,9 +40,11 @@ class Responder(threading.Thread):
     def __init__(self, settings: Settings, *, ttl: float = 30.0) -> None:
         super().__init__(name="test-responder", daemon=True)
         self.settings, self.ttl, self.key = settings, ttl, settings.key_bytes
+        # Reconnect within a second after a broker restart (kafka-python's default
+        # backoff grows to 30 s), so that the restart test measures the SDK, not this.
         self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
                                       enable_auto_commit=False, auto_offset_reset="latest",
-                                      fetch_max_wait_ms=50)
+                                      fetch_max_wait_ms=50, reconnect_backoff_max_ms=1000)
         parts = sorted(self.consumer.partitions_for_topic(settings.actions_topic))
         self.partitions = len(parts)
         tps = [TopicPartition(settings.actions_topic, p) for p in parts]
@@ -48,7 +53,8 @@ class Responder(threading.Thread):
         for tp in tps:                   # resolved now: no action of the test can be missed
             assert self.consumer.position(tp, timeout_ms=10000) is not None
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1,
-                                      acks="all")
+                                      acks="all", reconnect_backoff_max_ms=1000)
+        self._txn: KafkaProducer | None = None      # made on first use (transactions)
         self.violations: list[str] = []
         self.seen: list[tuple[int, ActionRequest]] = []
         self.replied = 0
@@ -66,6 +72,8 @@ class Responder(threading.Thread):
         self.join(5)
         self.producer.flush(5)
         self.producer.close(timeout=2)
+        if self._txn is not None:
+            self._txn.close(timeout=2)
         self.consumer.close(autocommit=False)
 
     def wait_replied(self, count: int, timeout: float = 5.0) -> None:
@@ -87,6 +95,10 @@ class Responder(threading.Thread):
         if mode == "silent":
             return
         value = self._reply(request, mode)
+        if mode in ("committed", "aborted"):
+            self._send_in_transaction(value, record.partition, request.agent_id,
+                                      commit=mode == "committed")
+            return
         delay = int(request.context.get("delay_ms", 0)) / 1000
         send = lambda: self._send(value, record.partition, request.agent_id)  # noqa: E731
         if delay:
@@ -97,6 +109,24 @@ class Responder(threading.Thread):
     def _send(self, value: bytes, partition: int, agent_id: str) -> None:
         self.producer.send(self.settings.verdicts_topic, value=value,
                            key=agent_id.encode(), partition=partition)
+        with self._lock:
+            self.replied += 1
+
+    def _send_in_transaction(self, value: bytes, partition: int, agent_id: str, *,
+                             commit: bool) -> None:
+        """Write one verdict in its own transaction, then commit or abort it."""
+        if self._txn is None:
+            self._txn = KafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=1,
+                                      transactional_id=f"test-responder-{uuid.uuid4()}")
+            self._txn.init_transactions()
+        self._txn.begin_transaction()
+        self._txn.send(self.settings.verdicts_topic, value=value, key=agent_id.encode(),
+                       partition=partition)
+        self._txn.flush(5)                # the record is in the log before the outcome
+        if commit:
+            self._txn.commit_transaction()
+        else:
+            self._txn.abort_transaction()
         with self._lock:
             self.replied += 1
 
