@@ -18,12 +18,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="?", default="all",
-                    choices=["all", "hold", "decide", "memory", "replay", "restart", "forest"],
+                    choices=["all", "hold", "decide", "memory", "replay", "restart", "forest",
+                             "detect"],
                     help="hold: end-to-end latency/throughput vs the bare aiokafka and Faust "
                          "echoes (starts Kafka and workers); decide: per-action cost, signals on "
                          "vs off; memory: state per agent and for 100k agents; replay: history "
                          "throughput; restart: fail-closed outage after SIGKILL vs history; "
-                         "forest: IsolationForest scoring, sklearn vs numpy")
+                         "forest: IsolationForest scoring, sklearn vs numpy; detect: "
+                         "simulate, fit, judge per persona (detection quality)")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each hold phase")
     ap.add_argument("--agents", type=int, default=8, help="closed-loop agents (hold)")
@@ -42,6 +44,11 @@ def main() -> None:
         res = replay.run()
         common.save("replay", res)
         print(replay.report(res), "\n", flush=True)
+    if args.which in ("all", "detect"):
+        import detect
+        res = detect.run()
+        common.save("detect", res)
+        print(detect.report(res), "\n", flush=True)
     if args.which in ("all", "forest"):
         import forest
         res = forest.run()

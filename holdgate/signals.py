@@ -18,12 +18,14 @@ __all__ = ["SIGNAL_NAMES", "ZERO_SIGNALS"]
 #: Counters (event time, this action included; the 1 h windows count *allowed*
 #: actions only, so an agent throttled once is not locked out for an hour):
 #:   rate_1s, rate_60s, rate_1h, action_rate_1s/60s/1h, repeat_10s, streak,
-#:   fanout_60s, new_action, new_resource_type, deny_ratio_pct
+#:   fanout_60s, fanout_10m (distinct resources in ~10 min, capped at 64),
+#:   new_action, new_resource_type, deny_ratio_pct
 #: Model: anomaly (0..1000; > 900 is beyond the fitted threshold)
 #: Relative to the agent's fitted baseline (its role's when its history is
 #: thin; fleet defaults equal to the old fixed thresholds without a model), in
 #: percent rounded up, so ``> 100`` means "above this agent's normal":
-#:   rate_1s_pct, rate_60s_pct, rate_1h_pct, action_rate_1s_pct, fanout_pct
+#:   rate_1s_pct, rate_60s_pct, rate_1h_pct, action_rate_1s_pct, fanout_pct,
+#:   fanout_10m_pct
 #: Fitted profile (0 without a model): unusual_action, unusual_resource_type
 #: (never seen for this agent, or for its role when it is new), off_hours (the
 #: agent is not usually active in this 3-hour block of the day).
@@ -33,7 +35,7 @@ SIGNAL_NAMES: tuple[str, ...] = (
     "repeat_10s", "streak", "fanout_60s",
     "new_action", "new_resource_type", "deny_ratio_pct", "anomaly",
     "rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct", "fanout_pct",
-    "unusual_action", "unusual_resource_type", "off_hours",
+    "unusual_action", "unusual_resource_type", "off_hours", "fanout_10m", "fanout_10m_pct",
 )
 
 #: Every signal at 0: what a policy sees for a signal nobody computed.

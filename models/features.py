@@ -19,10 +19,11 @@ __all__ = ["FOREST_FEATURES", "feature_matrix"]
 
 FOREST_FEATURES: tuple[str, ...] = (
     "rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct", "fanout_pct",
-    "repeat_10s", "streak", "unusual_action", "unusual_resource_type", "off_hours",
+    "fanout_10m_pct", "repeat_10s", "streak", "unusual_action", "unusual_resource_type",
+    "off_hours",
 )
 _LOG = ("rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct", "fanout_pct",
-        "repeat_10s", "streak")
+        "fanout_10m_pct", "repeat_10s", "streak")
 _COLS = np.array([SIGNAL_NAMES.index(n) for n in FOREST_FEATURES])
 _LOG_MASK = np.array([n in _LOG for n in FOREST_FEATURES])
 

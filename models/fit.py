@@ -34,7 +34,7 @@ _COL = {n: i for i, n in enumerate(SIGNAL_NAMES)}
 
 @dataclass(frozen=True, slots=True)
 class FitOptions:
-    target_fpr: float = 0.0005          # share of training actions above the threshold
+    target_fpr: float = 0.0001          # share of training actions above the threshold
     trees: int = 100
     max_samples: int = 256
     seed: int = 0
@@ -83,8 +83,7 @@ def fit_model(actions: Iterable[ActionRequest], roles: Mapping[str, str],
         t=np.array([r.occurred_at for r in history], dtype=np.float64),
         agent=[r.agent_id for r in history], action=[r.action for r in history],
         rtype=[r.resource.type for r in history],
-        values=raw[:, [_COL["rate_1s"], _COL["rate_60s"], _COL["rate_1h"],
-                       _COL["fanout_60s"]]],
+        values=raw[:, [_COL[k] for k in KINDS]],
         action_rate_1s=raw[:, _COL["action_rate_1s"]])
     profiles = fit_profiles(training, roles, opts.profile)
     shell = BaselineModel(profiles=profiles, forest=None)

@@ -29,12 +29,12 @@ from holdgate.errors import ModelError
 __all__ = ["KINDS", "BLOCKS", "BLOCK_SECONDS", "DEFAULT_LIMITS", "DEFAULT_ACTION_LIMIT",
            "Profiles", "block_of", "pct"]
 
-#: What a limit is about: the agent's rate over three windows and its fan-out.
-KINDS: tuple[str, ...] = ("rate_1s", "rate_60s", "rate_1h", "fanout_60s")
+#: What a limit is about: the agent's rate over three windows and its fan-out over two.
+KINDS: tuple[str, ...] = ("rate_1s", "rate_60s", "rate_1h", "fanout_60s", "fanout_10m")
 BLOCK_SECONDS = 3 * 3600
 BLOCKS = 86_400 // BLOCK_SECONDS
 #: Limits without a model (0: no limit): the old fixed guards of the default bundle.
-DEFAULT_LIMITS: tuple[int, ...] = (20, 0, 5000, 50)
+DEFAULT_LIMITS: tuple[int, ...] = (20, 0, 5000, 50, 0)
 DEFAULT_ACTION_LIMIT = 5
 
 

@@ -2,16 +2,18 @@
 
 Limits are *day-robust*: for each agent, 3-hour block of the day and day, take
 a high quantile (p99.9) of each signal at the agent's own actions, then the
-median over the days it was active in that block, times a margin.  A nightly
-job that reads 40/s every night gets a limit above 40 for its night block; a
-runaway loop that happened on one day of the training window moves one day's
-quantile, not the median, so history with an incident in it still fits.
+busiest of those days *leaving out the single busiest one*, times a margin; a
+block seen on a single day only (when the history spans several) is not
+trusted on its own.  A nightly job that reads 40/s every night gets a limit above
+40 for its night block; a runaway loop or an exfiltration on one day of the
+training window moves one day's quantile, not the limit, so history with an
+incident in it still fits.
 
-A role's prior is the largest of its agents' day-robust limits, block by block,
-and stands in for agents with less than `FitConfig.min_agent_rows` actions of
-history (or none: a fleet the model has never seen): an unknown member of the
-role may do what its busiest known member normally does, no more.  The fleet
-prior is the same over every agent, for roles nobody has seen.
+A role's prior is the largest of its agents' day-robust limits over the whole
+day, and stands in for agents with less than `FitConfig.min_agent_rows` actions
+of history (or none: a fleet the model has never seen): an unknown member of
+the role may do what its busiest known member normally does, at any hour, no
+more.  The fleet prior is the same over every agent, for roles nobody has seen.
 """
 from __future__ import annotations
 
@@ -31,9 +33,10 @@ __all__ = ["FitConfig", "TrainingRows", "fit_profiles"]
 class FitConfig:
     quantile: float = 0.999
     margin: float = 1.5               # limit = margin x typical-day quantile
-    floors: tuple[int, ...] = (5, 30, 300, 10)   # per kind: never stricter than this
+    floors: tuple[int, ...] = (5, 30, 300, 10, 15)   # per kind: never stricter than this
     action_floor: int = 3
     min_group_rows: int = 20          # an agent-block-day needs this many actions to count
+    min_days: int = 2                 # a block's limit needs this many days (if history has them)
     min_agent_rows: int = 100         # fewer: the agent is judged by its role's profile
     active_min_rows: int = 10         # actions in a block (over the window) to call it usual
 
@@ -78,13 +81,24 @@ def _group_quantiles(keys: np.ndarray, values: np.ndarray, q: float,
     return np.array(uniq), np.array(quants, dtype=np.float64)
 
 
-def _median_by(keys: np.ndarray, quants: np.ndarray, width: int) -> dict[tuple[int, ...],
-                                                                        np.ndarray]:
-    """Median of per-group quantiles, grouped by the first `width` key columns."""
+def _median_by(keys: np.ndarray, quants: np.ndarray, width: int,
+               min_days: int = 1) -> dict[tuple[int, ...], np.ndarray]:
+    """Per group of the first `width` key columns: the largest day but the largest one.
+
+    Normal days vary (a heavier Monday), so the limit covers all but the most
+    extreme day; one incident day can never raise it.  Groups seen on fewer
+    than `min_days` days are left out.
+    """
     out: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
     for key, qv in zip(keys.tolist(), quants):
         out[tuple(key[:width])].append(qv)
-    return {k: np.median(np.array(v), axis=0) for k, v in out.items()}
+    result = {}
+    for k, v in out.items():
+        if len(v) < min_days:
+            continue
+        ordered = np.sort(np.array(v), axis=0)
+        result[k] = ordered[-2] if len(v) >= 2 else ordered[0]
+    return result
 
 
 def fit_profiles(rows: TrainingRows, roles: Mapping[str, str],
@@ -120,17 +134,29 @@ def fit_profiles(rows: TrainingRows, roles: Mapping[str, str],
 
     keys = np.stack([agent_code, block, day], axis=1) if n else np.zeros((0, 3), np.int64)
     gk, gq = _group_quantiles(keys, values, cfg.quantile, cfg.min_group_rows)
-    typical = _median_by(gk, gq, 2)           # (agent, block) -> day-robust quantiles
+    days = len(np.unique(day)) if n else 0
+    typical = _median_by(gk, gq, 2, min(cfg.min_days, max(days, 1)))
     every = limits_from(typical, (len(agents_all),), {i: i for i in range(len(agents_all))})
+    # A block the agent was seen in on one day only takes its own busiest confirmed normal
+    # (a one-day spike is not learned), then the role prior at lookup.
+    for i in range(len(agents_all)):
+        confirmed = every[i].max(axis=0)
+        seen = np.zeros(BLOCKS, dtype=bool)
+        seen[np.unique(block[agent_code == i])] = True
+        for b in np.nonzero(seen & (every[i].max(axis=1) == 0))[0].tolist():
+            every[i, b] = confirmed
     agent_limits = every[profiled] if profiled else \
         np.zeros((0, BLOCKS, len(KINDS)), dtype=np.int32)
+    # Priors stand in for agents the model does not know, at any hour: a new fleet's
+    # nightly job may run at another hour than the one the model saw.
     role_limits = np.zeros((len(role_names), BLOCKS, len(KINDS)), dtype=np.int32)
     for r in range(len(role_names)):
         members = [i for i in profiled if role_of_agent[i] == r]
         if members:
-            role_limits[r] = every[members].max(axis=0)
-    fleet_limits = every[profiled].max(axis=0) if profiled else \
-        np.zeros((BLOCKS, len(KINDS)), dtype=np.int32)
+            role_limits[r] = every[members].max(axis=(0, 1))
+    fleet_limits = np.zeros((BLOCKS, len(KINDS)), dtype=np.int32)
+    if profiled:
+        fleet_limits[:] = every[profiled].max(axis=(0, 1))
 
     per_block = np.zeros((len(agents_all), BLOCKS), dtype=np.int64)
     np.add.at(per_block, (agent_code, block), 1)

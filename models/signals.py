@@ -50,7 +50,7 @@ from holdgate.models.profile import DEFAULT_ACTION_LIMIT, DEFAULT_LIMITS, block_
 from holdgate.models.scorer import BaselineConfig, score_and_learn
 from holdgate.models.sketch import NOVELTY_BLOOM
 from holdgate.models.state import (
-    ACTIONS, FANOUT, FINGERPRINTS, HARD_MAX_FANOUT, HARD_MAX_KEYED, RATES, AgentState,
+    ACTIONS, FANOUT, FANOUT_10M, FANOUT_10M_CAP, FINGERPRINTS, HARD_MAX_FANOUT, HARD_MAX_KEYED, RATES, AgentState,
     serialized_bound,
 )
 
@@ -180,6 +180,7 @@ class SignalComputer:
         rkey = blake2b(f"{res.type}\x00{res.id}".encode(), digest_size=4,
                        person=b"hg.res").digest()
         fanout = FANOUT.touch(st.fan_keys, st.fan_buckets, rkey, now_ms, cfg.max_fanout)
+        fan10 = FANOUT_10M.touch(st.fan10_keys, st.fan10_buckets, rkey, now_ms, FANOUT_10M_CAP)
 
         bloom = st.bloom
         new_action = 0 if bloom & amask == amask else 1
@@ -198,25 +199,27 @@ class SignalComputer:
                                           cfg.baseline))
         row = [rate_1s, rate_60s, rate_1h, a1, a60, a3600, repeat, st.streak, fanout,
                new_action, new_type, deny_pct, anomaly]
-        row += self._relative(req, st.clock, rate_1s, rate_60s, rate_1h, a1, fanout)
+        row += self._relative(req, st.clock, rate_1s, rate_60s, rate_1h, a1, fanout, fan10)
         return row
 
     def _relative(self, req: ActionRequest, t: float, rate_1s: int, rate_60s: int,
-                  rate_1h: int, a1: int, fanout: int) -> list[int]:
+                  rate_1h: int, a1: int, fanout: int, fan10: int) -> list[int]:
         """Counters against this agent's normal: the fitted profile, or fleet defaults."""
         model = self.model
         if model is None:
-            l1, l60, l3600, lfan = DEFAULT_LIMITS
+            l1, l60, l3600, lfan, lfan10 = DEFAULT_LIMITS
             return [pct(rate_1s, l1), pct(rate_60s, l60), pct(rate_1h, l3600),
-                    pct(a1, DEFAULT_ACTION_LIMIT), pct(fanout, lfan), 0, 0, 0]
+                    pct(a1, DEFAULT_ACTION_LIMIT), pct(fanout, lfan), 0, 0, 0,
+                    fan10, pct(fan10, lfan10)]
         profiles = model.profiles
         agent, role, block = req.agent_id, self.roles.get(req.agent_id), block_of(t)
-        l1, l60, l3600, lfan = profiles.limits(agent, role, block)
+        l1, l60, l3600, lfan, lfan10 = profiles.limits(agent, role, block)
         unusual_action, unusual_type = profiles.unusual(agent, role, req.action,
                                                         req.resource.type)
         return [pct(rate_1s, l1), pct(rate_60s, l60), pct(rate_1h, l3600),
                 pct(a1, profiles.action_limit(agent, role, req.action)), pct(fanout, lfan),
-                unusual_action, unusual_type, profiles.off_hours(agent, role, block)]
+                unusual_action, unusual_type, profiles.off_hours(agent, role, block),
+                fan10, pct(fan10, lfan10)]
 
     def observe_batch(self, states: MutableMapping[str, AgentState],
                       requests: Sequence[ActionRequest]) -> list[dict[str, int]]:

@@ -16,6 +16,8 @@ Layout v2 (little endian; v1 is v2 without the recent-ids block and still reads)
                              streak, deny_mask
     n_recent     uint8 (v2)                 request ids in the recent ring
     recent       8 B x n_recent (v2)        blake2b-64 of the last decided request ids
+    n_fan10      uint8 (v2)                 entries of the 10-minute fan-out window
+    fan10        key 4 B | bucket uint32 (v2, each, ordered by last touch)
     rates        uint16 x RATES.size        agent rings: 1 s, 60 s, 1 h
     baseline     float64 x PARAMS_LEN       online anomaly baseline
     bloom        NOVELTY_BLOOM.nbytes       actions + resource types ever seen
@@ -41,6 +43,7 @@ from holdgate.models.windows import Horizon, WindowSet
 
 __all__ = [
     "AgentState", "RATES", "REPEAT", "ACTIONS", "FINGERPRINTS", "FANOUT",
+    "FANOUT_10M", "FANOUT_10M_CAP",
     "CODEC_VERSION", "HARD_MAX_KEYED", "HARD_MAX_FANOUT", "RECENT_IDS", "serialized_bound",
     "request_key",
 ]
@@ -52,6 +55,9 @@ REPEAT = WindowSet(Horizon(1_000, 10))
 ACTIONS = KeyedWindows(RATES, key_size=8)
 FINGERPRINTS = KeyedWindows(REPEAT, key_size=8)
 FANOUT = DistinctWindow(Horizon(5_000, 12), key_size=4)
+#: distinct resources in ~10 minutes (12 x 50 s), saturating at FANOUT_10M_CAP: slow sweeps
+FANOUT_10M = DistinctWindow(Horizon(50_000, 12), key_size=4)
+FANOUT_10M_CAP = 64
 
 CODEC_VERSION = 2
 #: Request ids remembered per agent, so a record published twice (a producer retry
@@ -66,14 +72,14 @@ _ACT_ENTRY = 8 + 8 + 2 * RATES.size
 _FP_ENTRY = 8 + 8 + 2 * REPEAT.size
 _FAN_ENTRY = 4 + 4
 _FIXED_V1 = _HEAD.size + 2 * RATES.size + 8 * PARAMS_LEN + NOVELTY_BLOOM.nbytes + _CRC.size
-_FIXED = _FIXED_V1 + 1
+_FIXED = _FIXED_V1 + 2
 _SWAP = sys.byteorder != "little"
 
 
 def serialized_bound(max_actions: int, max_fingerprints: int, max_fanout: int) -> int:
     """Largest possible `AgentState.to_bytes` length under the given caps."""
     return (_FIXED + 8 * RECENT_IDS + max_actions * _ACT_ENTRY
-            + max_fingerprints * _FP_ENTRY + max_fanout * _FAN_ENTRY)
+            + max_fingerprints * _FP_ENTRY + (max_fanout + FANOUT_10M_CAP) * _FAN_ENTRY)
 
 
 def request_key(request_id: str) -> bytes:
@@ -107,7 +113,7 @@ class AgentState:
     __slots__ = ("clock", "rates", "baseline", "bloom", "bloom_items",
                  "act_keys", "act_last", "act_rings", "fp_keys", "fp_last", "fp_rings",
                  "fan_keys", "fan_buckets", "last_fp", "streak", "deny_mask", "deny_n",
-                 "recent")
+                 "recent", "fan10_keys", "fan10_buckets")
 
     def __init__(self) -> None:
         self.clock = 0.0
@@ -128,6 +134,8 @@ class AgentState:
         self.deny_mask = 0
         self.deny_n = 0
         self.recent = bytearray()
+        self.fan10_keys = bytearray()
+        self.fan10_buckets = array("I")
 
     def has_request(self, key: bytes) -> bool:
         """True when a request with this `request_key` was decided recently."""
@@ -188,6 +196,7 @@ class AgentState:
                        min(self.bloom_items, 0xFFFF), self.clock, self.last_fp,
                        self.streak, self.deny_mask),
             bytes((len(self.recent) // 8,)), self.recent,
+            bytes((len(self.fan10_buckets),)), self.fan10_keys, _le(self.fan10_buckets),
             _le(self.rates), _le(self.baseline),
             self.bloom.to_bytes(NOVELTY_BLOOM.nbytes, "little"),
             self.act_keys, _le(self.act_last), _le(self.act_rings),
@@ -211,12 +220,14 @@ class AgentState:
             raise ModelError("not an agent state blob (bad magic)")
         if version not in (1, CODEC_VERSION):
             raise ModelError(f"agent state codec v{version} not supported (v{CODEC_VERSION})")
-        n_recent = 0
+        n_recent = n_fan10 = 0
         if version >= 2:
-            n_recent = b[_HEAD.size]
-            if n_recent > RECENT_IDS:
+            n_recent = b[_HEAD.size] if len(b) > _HEAD.size else 0
+            at = _HEAD.size + 1 + 8 * n_recent
+            n_fan10 = b[at] if len(b) > at else 0
+            if n_recent > RECENT_IDS or n_fan10 > FANOUT_10M_CAP:
                 raise ModelError("agent state blob holds impossible values")
-        fixed = _FIXED + 8 * n_recent if version >= 2 else _FIXED_V1
+        fixed = _FIXED + 8 * n_recent + _FAN_ENTRY * n_fan10 if version >= 2 else _FIXED_V1
         expected = fixed + n_act * _ACT_ENTRY + n_fp * _FP_ENTRY + n_fan * _FAN_ENTRY
         if len(b) != expected:
             raise ModelError(f"agent state blob is {len(b)} bytes, header implies {expected}")
@@ -230,16 +241,20 @@ class AgentState:
         st.deny_mask, st.deny_n, st.bloom_items = deny_mask, deny_n, bloom_items
         mv = memoryview(b)
         off = _HEAD.size
-        st.recent = bytearray()
-        if version >= 2:
-            st.recent = bytearray(mv[off + 1:off + 1 + 8 * n_recent])
-            off += 1 + 8 * n_recent
 
         def take(size: int) -> memoryview:
             nonlocal off
             part = mv[off:off + size]
             off += size
             return part
+
+        st.recent = bytearray()
+        st.fan10_keys, st.fan10_buckets = bytearray(), array("I")
+        if version >= 2:
+            st.recent = bytearray(mv[off + 1:off + 1 + 8 * n_recent])
+            off += 1 + 8 * n_recent + 1
+            st.fan10_keys = bytearray(take(4 * n_fan10))
+            st.fan10_buckets = _arr("I", take(4 * n_fan10))
 
         st.rates = _arr("H", take(2 * RATES.size))
         st.baseline = _arr("d", take(8 * PARAMS_LEN))

@@ -34,7 +34,7 @@ def _actions(records: Iterable[Any], max_bytes: int) -> tuple[list[Any], int]:
 @history_options
 @click.option("--output", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Model folder to write (arrays.npz + manifest.json).")
-@click.option("--target-fpr", type=float, default=0.0005, show_default=True,
+@click.option("--target-fpr", type=float, default=0.0001, show_default=True,
               help="Share of training actions the anomaly threshold may flag.")
 @click.option("--trees", type=int, default=100, show_default=True, help="Isolation trees.")
 @click.option("--margin", type=float, default=1.5, show_default=True,

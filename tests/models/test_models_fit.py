@@ -133,11 +133,11 @@ def test_model_round_trip_and_its_version_is_named(fitted: dict[str, Any]) -> No
     model: BaselineModel = fitted["model"]
     loaded = BaselineModel.load(fitted["tmp"] / "model")
     assert loaded.version == model.version and loaded.version.startswith("sha256:")
-    X = np.random.default_rng(0).uniform(0, 6, size=(200, 10))
+    X = np.random.default_rng(0).uniform(0, 6, size=(200, 11))
     assert np.array_equal(loaded.anomaly(X), fitted["result"].model.anomaly(X))
     meta = loaded.meta
     assert meta["training"]["actions"] == len(fitted["result"].agents)
-    assert "scikit-learn" in meta["libraries"] and meta["fit"]["target_fpr"] == 0.0005
+    assert "scikit-learn" in meta["libraries"] and meta["fit"]["target_fpr"] == 0.0001
     [d] = _decide(fitted, [_req("support-bot-1", "tickets.read", "Ticket", "T-1",
                                 T0 + 3 * DAY + 10 * 3600)])
     assert d.model_version == model.version

@@ -54,7 +54,7 @@ def test_signal_names_are_fixed() -> None:
         "repeat_10s", "streak", "fanout_60s", "new_action", "new_resource_type",
         "deny_ratio_pct", "anomaly", "rate_1s_pct", "rate_60s_pct", "rate_1h_pct",
         "action_rate_1s_pct", "fanout_pct", "unusual_action", "unusual_resource_type",
-        "off_hours")
+        "off_hours", "fanout_10m", "fanout_10m_pct")
     assert ZERO_SIGNALS == dict.fromkeys(SIGNAL_NAMES, 0)
 
 
@@ -271,7 +271,7 @@ def test_fitted_model_makes_signals_relative(make_request: MakeRequest) -> None:
     from holdgate.models.profile import BLOCKS, KINDS, Profiles, block_of
 
     limits = np.zeros((1, BLOCKS, len(KINDS)), dtype=np.int32)
-    limits[0, block_of(T0)] = (50, 600, 6000, 400)           # a busy job at this hour
+    limits[0, block_of(T0)] = (50, 600, 6000, 400, 64)       # a busy job at this hour
     profiles = Profiles(
         agents=("batch-1",), roles=("data",), agent_role=np.array([0], dtype=np.int32),
         agent_limits=limits, role_limits=np.full((1, BLOCKS, len(KINDS)), 4, np.int32),
@@ -299,7 +299,7 @@ def test_fitted_model_makes_signals_relative(make_request: MakeRequest) -> None:
                                                      rid=f"r{i}") for i in range(40)])
     assert burst[-1]["rate_1s"] == 40 and burst[-1]["rate_1s_pct"] == 80   # normal for it
     assert {s["anomaly"] for s in burst} == {321} and len(Model.seen) == 1  # one batch call
-    assert Model.seen[0].shape == (40, 10)
+    assert Model.seen[0].shape == (40, 11)
     assert burst[-1]["unusual_action"] == 0 and burst[-1]["off_hours"] == 0
     other = comp.observe_batch(states, [make_request(T0 + i / 40, agent="new-1", rid=f"r{i}")
                                         for i in range(40)])

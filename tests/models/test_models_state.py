@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import time
 import uuid
 
 import pytest
@@ -101,19 +100,15 @@ def test_state_size_is_bounded_under_100k_unique_everything() -> None:
     for i in range(20):                 # the core remembers decided request ids too
         st.remember_request(i.to_bytes(8, "little"))
     blob = st.to_bytes()
-    assert len(blob) == cfg.max_state_bytes == serialized_bound(32, 32, 256) < 7_000
+    assert len(blob) == cfg.max_state_bytes == serialized_bound(32, 32, 256) < 7_500
     assert st.memory_bytes() < 2 * cfg.max_state_bytes  # ~8.1 kB measured
-    assert sig["fanout_60s"] == 256  # saturated at the cap
+    assert sig["fanout_60s"] == 256 and sig["fanout_10m"] == 64  # saturated at the caps
     assert 60_000 <= sig["rate_60s"] <= 65_000  # 1000/s over a 60..65 s window
     assert AgentState.from_bytes(blob) == st
 
 
-def test_codec_is_fast(busy_state: AgentState) -> None:
+def test_busy_state_stays_small(busy_state: AgentState) -> None:
+    """Size, not speed (speed is bench/memory.py's and bench/decide.py's job)."""
     blob = busy_state.to_bytes()
-    n = 2000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        AgentState.from_bytes(busy_state.to_bytes())
-    per = (time.perf_counter() - t0) / n
-    assert per < 100e-6, f"encode+decode took {per * 1e6:.1f} us"  # ~7 us measured
-    assert len(blob) < 2_500
+    assert AgentState.from_bytes(blob) == busy_state
+    assert len(blob) < 3_000   # 50 distinct resources in the 60 s and 10 min windows

@@ -60,7 +60,7 @@ def test_forbid_wins_over_permit(engine: PolicyEngine, make_request: MakeRequest
 def test_every_matching_forbid_is_a_reason(engine: PolicyEngine,
                                            make_request: MakeRequest) -> None:
     decision = engine.decide(make_request("coder-bot-1", "repo.push", ("Repository", "holdgate")),
-                             {"rate_1s": 30, "anomaly": 999})
+                             {"rate_1s_pct": 150, "anomaly": 999})
     assert {r.policy_id for r in decision.reasons} == {
         "production-push-approval", "guard-rate-any", "guard-anomaly"}
 
@@ -136,7 +136,7 @@ def test_action_groups_resolve_without_schema_at_evaluation(
     assert engine.decide(read).reasons[0].policy_id == "auditor-read-all"
     assert engine.decide(write).codes == [codes.NO_PERMIT]
     # guard-rate-irreversible applies to members of the `irreversible` group only
-    signals = {"action_rate_1s": 6}
+    signals = {"action_rate_1s_pct": 120}
     email = make_request("support-bot-1", "emails.send", ("Email", "e-1"))
     ticket = make_request("support-bot-1", "tickets.read", ("Ticket", "T-1"))
     assert [r.policy_id for r in engine.decide(email, signals).reasons] == [
@@ -155,7 +155,8 @@ def test_zero_or_missing_signals_trip_nothing(engine: PolicyEngine, make_request
 
 
 @pytest.mark.parametrize("signals, code, policy_id", [
-    ({"rate_1s": 21}, "RATE_LIMIT", "guard-rate-any"),
+    ({"rate_1s_pct": 105}, "RATE_LIMIT", "guard-rate-any"),
+    ({"rate_1s": 501}, "RATE_LIMIT", "guard-rate-ceiling"),
     ({"repeat_10s": 4}, "REPETITION", "guard-repeat-irreversible"),
     ({"anomaly": 701}, "ANOMALY", "guard-anomaly-irreversible"),
 ])
@@ -187,7 +188,7 @@ def test_batch_keeps_order_and_matches_single_decisions(engine: PolicyEngine,
         (make_request("coder-bot-1", "repo.push", ("Repository", "holdgate")), {}),
         (make_request("data-bot-1", "customers.export",
                       ("Customer", "c-1", {"pii_level": "low"})), {}),
-        (make_request("support-bot-1", "tickets.read", ("Ticket", "T-2")), {"rate_1s": 99}),
+        (make_request("support-bot-1", "tickets.read", ("Ticket", "T-2")), {"rate_1s_pct": 495}),
         (make_request("support-bot-1", "tickets.read", ("Nope", "x")), {}),
         (make_request("billing-bot-1", "payments.refund", ("Payment", "pay-5001"),
                       {"amount_cents": 100}), {}),
