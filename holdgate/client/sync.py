@@ -4,14 +4,11 @@
 `Transport` (kafka-python by default).  One gate owns one producer and one
 consumer however many threads call `check()`.
 
-Who reads the consumer: kafka-python's consumer is not thread-safe, so one
-thread at a time holds the *baton* (a lock) and polls.  That thread is a
-waiting check whenever there is one (leader/followers): the leader polls, hands
-the verdicts it reads to the checks they belong to, and passes the baton on
-when its own verdict has come.  A lone check thus reads its own verdict, with
-no extra thread hop; the maintenance thread only does set-up (connect,
-discover, assign, replace a broken client) and drains the consumer when no
-check is waiting, so late verdicts are counted.
+Who reads the consumer: a waiting check, whenever there is one (`Baton`,
+leader/followers), so a lone check reads its own verdict with no thread hop.
+The maintenance thread does set-up (connect, discover, assign, replace a
+broken client) and drains the consumer when no check is waiting, so late
+verdicts are counted.
 
 Every failure mode is a deny `Verdict` from `check()` (UNAVAILABLE, TIMEOUT,
 INVALID_VERDICT), never an exception and never a hang past the timeout; a
@@ -23,9 +20,9 @@ import functools
 import inspect
 import logging
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
+from holdgate.client.baton import Baton
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_sync import KafkaTransport
 from holdgate.client.routing import GateConfig, GuardSpec
@@ -74,10 +71,7 @@ class Gate:
         self._changed = threading.Condition(self._lock)
         self._work = threading.Event()                # wakes the maintenance thread
         self._closed = threading.Event()
-        self._baton = threading.Lock()                # held by whoever reads the consumer
-        self._baton_wanted = False                    # set-up needs the consumer: leaders yield
-        self._waiters: dict[str, Pending] = {}        # checks waiting for their verdict
-        self._offered: Pending | None = None
+        self._baton = Baton()                         # who reads the consumer
         self._faults: list[tuple[Producer, str]] = []  # reported on client threads
         self._consumer: Consumer | None = None
         self._thread = threading.Thread(target=self._maintain, name="holdgate-gate",
@@ -105,14 +99,11 @@ class Gate:
                 self._changed.wait(left)
             if isinstance(admission, Deny):
                 return admission.verdict
-            self._waiters[p.request_id] = p    # before sending: the idle drain keeps off
+        self._baton.join(p)                     # before sending: the idle drain keeps off
         try:
             return self._send_and_wait(p, admission)
         finally:
-            with self._lock:
-                self._waiters.pop(p.request_id, None)
-                if self._offered is p:          # leaving with an unused offer: pass it on
-                    self._offer_locked()
+            self._baton.leave(p)
 
     def _send_and_wait(self, p: Pending, admission: Send) -> Verdict:
         try:
@@ -200,22 +191,18 @@ class Gate:
             left = p.deadline - self._core.clock.monotonic()
             if left <= 0:
                 return
-            if self._consumer is not None and not self._baton_wanted \
-                    and self._baton.acquire(blocking=False):
+            if self._consumer is not None and self._baton.try_take():
                 try:
                     self._lead(p)
                 finally:
-                    self._baton.release()
-                    self._offer()
+                    self._baton.give_back()
             else:
                 event.wait(left)
                 event.clear()
 
     def _lead(self, p: Pending) -> None:
-        with self._lock:
-            self._offered = None
         consumer = self._consumer
-        while consumer is not None and p.result is None and not self._baton_wanted:
+        while consumer is not None and p.result is None and not self._baton.wanted:
             left = p.deadline - self._core.clock.monotonic()
             if left <= 0:
                 return
@@ -231,27 +218,6 @@ class Gate:
         with self._lock:
             for woken in self._core.receive(values):
                 woken.waker.set()
-
-    def _offer(self) -> None:
-        with self._lock:
-            self._offer_locked()
-
-    def _offer_locked(self) -> None:
-        """Wake one waiting check to take the baton (the others keep sleeping)."""
-        self._offered = next((w for w in self._waiters.values() if w.result is None), None)
-        if self._offered is not None:
-            self._offered.waker.set()
-
-    @contextmanager
-    def _holding_baton(self) -> Iterator[None]:
-        self._baton_wanted = True
-        self._baton.acquire()
-        self._baton_wanted = False
-        try:
-            yield
-        finally:
-            self._baton.release()
-            self._offer()
 
     # ------------------------------------------------------------------ faults
     def _on_delivery(self, p: Pending, error: TransportError | None) -> None:
@@ -327,16 +293,15 @@ class Gate:
         finally:
             self._closed.set()
             self._shut(message)
-            if self._baton.acquire(timeout=1.0):
+            with self._baton.hold():
                 consumer, self._consumer = self._consumer, None
-                self._baton.release()
-                if consumer is not None:
-                    consumer.close()
+            if consumer is not None:
+                consumer.close()
 
     def _drain(self) -> None:
         """No check is reading: take what arrived (late verdicts), without blocking anyone."""
         consumer = self._consumer
-        if consumer is None or self._waiters or not self._baton.acquire(blocking=False):
+        if consumer is None or not self._baton.take_idle():
             return
         try:
             values = consumer.poll(0)
@@ -345,8 +310,7 @@ class Gate:
         except TransportError as exc:
             self._consumer_broken(str(exc))
         finally:
-            self._baton.release()
-            self._offer()
+            self._baton.give_back()
 
     def _perform(self, step: Step) -> None:
         cfg, timeout = self._core.config, self._connect_timeout
@@ -360,7 +324,7 @@ class Gate:
             if self._closed.is_set():
                 consumer.close()
                 return
-            with self._holding_baton():
+            with self._baton.hold():
                 self._consumer = consumer
             self._report(lambda c: c.consumer_opened())
         elif step.work is Work.OPEN_PRODUCER:
@@ -377,7 +341,7 @@ class Gate:
         elif step.work is Work.PREPARE:
             self._prepare(timeout)
         else:
-            with self._holding_baton():
+            with self._baton.hold():
                 self._consumer_step(step, timeout)
 
     def _prepare(self, timeout: float) -> None:
