@@ -13,6 +13,11 @@ unreachable gate: those are denies (fail closed).  `guard()` turns a deny into
 `ActionDenied`.  `AsyncGate` is the asyncio twin; it is imported lazily so that
 sync users never load aiokafka.  Importing this package never imports faust,
 numpy, scikit-learn or cedarpy.
+
+Layout: `core` is the protocol with no I/O (`steps` its vocabulary), which
+`sync.Gate` (threads, `baton`) and `aio.AsyncGate` drive over a transport
+(`transport`: the seam; `kafka_sync`, `kafka_async`: kafka-python and aiokafka;
+`mock`: an in-memory broker for tests).  `verify` and `routing` are shared.
 """
 from __future__ import annotations
 
