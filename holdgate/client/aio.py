@@ -154,8 +154,9 @@ class AsyncGate:
                 async with asyncio.timeout(max(0.0, p.deadline - clock.monotonic())):
                     await admission.producer.send(admission.partition, p.key, p.value,
                                                   functools.partial(self._on_delivery, p))
-            except TimeoutError:              # no room in the buffer before the deadline
-                return self._core.send_failed(p, TransportError("producer buffer full"))
+            except TimeoutError:              # no metadata or no room before the deadline
+                return self._core.send_failed(
+                    p, TransportError("the action could not be queued before the deadline"))
             except Exception as exc:
                 verdict = self._core.send_failed(p, exc)
                 if getattr(exc, "fatal", False):

@@ -32,7 +32,10 @@ __all__ = ["KafkaTransport"]
 
 log = logging.getLogger("holdgate.client")
 
-FENCE_JOIN = 1.0        # seconds to wait for a force-closed sender thread to stop
+# Seconds a fence waits for the force-closed sender thread to stop (it takes about a
+# millisecond): long enough that nothing drained before the fence is still being
+# written after it, short enough to keep the check that fences close to its timeout.
+FENCE_JOIN = 0.25
 CONSUMER_REQUEST_MS = 10_000
 FETCH_MAX_WAIT_MS = 100  # a fetch returns at once when data arrives; this is the idle bound
 RETRY_BACKOFF_MS = 10    # pause between metadata requests; set-up makes a few in a row
@@ -86,6 +89,11 @@ class _KafkaProducer(Producer):
     def send(self, partition: int, key: bytes, value: bytes, on_delivery: OnDelivery) -> None:
         if self._fenced:
             raise TransportError("the producer was fenced")
+        metadata: Any = getattr(self.raw, "_metadata", None)
+        if metadata is not None and metadata.partitions_for_topic(self.topic) is None:
+            # send() would block up to max_block_ms for it, past a short check's timeout:
+            # refuse instead; the replacement producer loads it off the check path.
+            raise TransportError(f"the producer lost the metadata of {self.topic!r}")
         try:
             future = self.raw.send(self.topic, value=value, key=key, partition=partition)
         except Exception as exc:
