@@ -7,7 +7,7 @@ policies' JSON form (EST), the parts that matter:
 
 * **context keys** read as ``context.<key>`` or ``context has <key>``; any
   other use of ``context`` (compared or passed whole) makes the whole context
-  matter;
+  matter, and with it the raw value of every signal;
 * **resource attributes** read as ``resource.<attr>`` / ``resource has <attr>``
   (only for resources the request describes; entity-store resources are keyed
   by their uid, whose attributes and parents are fixed by the bundle);
@@ -15,10 +15,25 @@ policies' JSON form (EST), the parts that matter:
   entity literal (``resource == Ticket::"T-1"``, ``resource in Folder::"f"``).
   A resource that is neither in the entity store nor named by a literal is
   indistinguishable from any other of its type, unless some policy compares
-  ``resource`` with something that is not a literal: then every id matters;
+  ``resource`` with something that is not a literal, or asks whether something
+  is *in* the resource (``Agent::"a" in resource``: a stored entity may name as
+  parent a uid that is not itself in the store): then every id matters;
+* **other entities' attributes**: an attribute or tag read (``.``, ``has``,
+  ``hasTag``, ``getTag``) on anything but ``context``, ``resource`` or
+  ``principal`` itself (``Ticket::"T-1".priority``, ``context.ref.priority``,
+  ``principal.ticket.priority``) may land on the request's own resource under
+  another name, so it makes every attribute of the resource, and its id,
+  matter;
 * **signals**: a signal only ever compared with integer literals cannot be
   told apart within the same *bucket* between cut points (``> 20`` cuts at
-  21); any other use makes its raw value matter.
+  21); any other use makes its raw value matter.  Every cut list also cuts at
+  the ends of Cedar's 64-bit range, so a value Cedar cannot hold (it fails the
+  request) never shares a bucket with one it can.
+
+The request's own data can matter beyond what the policies read: a Cedar
+escape (``__extn``, ``__expr``, ``__entity``) anywhere in its context or
+attributes can fail the whole request or name an entity; the engine keys such
+a request by all of its data (``PolicyEngine._key``).
 
 Everything not proven irrelevant is kept, so the cache is exact: a hit is
 Cedar's answer for an equivalent request.  tests/policies/test_engine_cache.py
@@ -30,13 +45,16 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Projection", "project", "bucket", "CONTEXT_SIGNALS"]
+__all__ = ["Projection", "project", "bucket", "CONTEXT_SIGNALS", "LONG_RANGE_CUTS"]
 
 CONTEXT_SIGNALS = {".": {"left": {"Var": "context"}, "attr": "signals"}}
 _CONTEXT = {"Var": "context"}
 _RESOURCE = {"Var": "resource"}
 _COMPARE = {">", ">=", "<", "<=", "==", "!="}
 _MIRROR = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "==": "==", "!=": "!="}
+_PRINCIPAL = {"Var": "principal"}
+#: Cedar's Long range: values outside it fail the request, so they get buckets of their own.
+LONG_RANGE_CUTS = (-(2**63), 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +168,12 @@ class _Walker:
             if left == _RESOURCE:
                 self.resource_attrs.add(body["attr"])
                 return True
+            if left != _PRINCIPAL and left != CONTEXT_SIGNALS:
+                # An entity reached another way may be the request's own resource.
+                self.ids_matter = self.resource_whole = True
+            return False
+        if op in ("hasTag", "getTag") and left != _PRINCIPAL:
+            self.ids_matter = self.resource_whole = True   # as for attributes above
             return False
         if op in _COMPARE:
             name, c, mop = _signal(left), _long(right), op
@@ -158,7 +182,10 @@ class _Walker:
             if name is not None and c is not None and name in self.cuts:
                 self.cuts[name].update(_cuts_of(mop, c))
                 return True
-        if op in ("==", "!=", "in") and (left == _RESOURCE or right == _RESOURCE):
+        # `X in resource` is left to the walk (every id matters): X's ancestors come
+        # from the entity store, which may name a parent that is not itself stored.
+        if op in ("==", "!=") and (left == _RESOURCE or right == _RESOURCE) \
+                or op == "in" and left == _RESOURCE:
             other = right if left == _RESOURCE else left
             entity = _entity(other)
             if entity is not None:
@@ -196,10 +223,11 @@ def project(est: Mapping[str, Any], signal_names: tuple[str, ...]) -> Projection
         for part in ("principal", "action", "resource"):
             w.scope(policy.get(part))
         w.walk(policy.get("conditions", []))
-    if w.signals_whole:
+    if w.signals_whole or w.context_whole:
         cuts: dict[str, tuple[int, ...] | None] = dict.fromkeys(signal_names)
     else:
-        cuts = {n: None if n in w.exact else tuple(sorted(w.cuts[n])) for n in signal_names}
+        cuts = {n: None if n in w.exact else tuple(sorted(w.cuts[n].union(LONG_RANGE_CUTS)))
+                for n in signal_names}
     return Projection(
         context_keys=None if w.context_whole else tuple(sorted(w.context_keys)),
         resource_attrs=None if w.resource_whole else tuple(sorted(w.resource_attrs)),
