@@ -21,10 +21,12 @@ Rules on top of Cedar's (default deny, forbid wins):
 * Decisions are cached by the parts of a request the bundle's policies can
   observe (`holdgate.policies.projection`): principal, action, the resource
   (uid only where an id can matter, the attributes policies read), the context
-  keys policies read, and the *bucket* of each signal.  A hit is Cedar's answer
-  for an equivalent request, so the cache changes no decision; it spares the
-  50-100 µs Cedar call for most requests.  Answers that carry an evaluation
-  error are never cached (their message may name the request's own entities).
+  keys policies read, and the *bucket* of each signal; a request carrying a
+  Cedar escape (``__entity``, ``__extn``, ...) is keyed by all of its data.  A
+  hit is Cedar's answer for an equivalent request, so the cache changes no
+  decision; it spares the 50-100 µs Cedar call for most requests.  Answers that
+  carry an evaluation error are never cached (their message may name the
+  request's own entities).
 
 The schema is *not* passed to Cedar at evaluation time: agents may send
 context keys the schema does not list.  Policies must therefore guard optional
@@ -185,10 +187,16 @@ class PolicyEngine:
                 answer = results[source]
                 if answer is not None and any(r.code == codes.POLICY_ERROR
                                               for r in answer.reasons):
-                    answer = None             # errors are not shared: evaluate on its own
-                    self._assign(retry := [], index, *items[index])
-                    for group in retry:
-                        self._evaluate(group, items, results)
+                    # Errors are not shared (their message may name the request's own
+                    # data): evaluate on its own, as the uncached engine would.
+                    retry: list[_Group] = []
+                    try:
+                        self._assign(retry, index, *items[index])
+                        for group in retry:
+                            self._evaluate(group, items, results)
+                    except Exception as exc:  # noqa: BLE001 - as in the first pass
+                        results[index] = _deny(codes.POLICY_ERROR,
+                                               f"cannot build Cedar request: {exc}")
                     continue
                 results[index] = answer
         return [r if r is not None else _deny(codes.POLICY_ERROR, "no decision was produced")
@@ -200,16 +208,31 @@ class PolicyEngine:
         resource = request.resource
         uid = (resource.type, resource.id)
         known = uid in self._known_uids
+        get = signals.get
+        observed: tuple[Any, ...] = tuple(
+            bucket(cuts, int(get(name, 0))) for name, cuts in self._cuts)
+        if self._signal_names is None and not signals.keys() <= ZERO_SIGNALS.keys():
+            # The whole record reaches Cedar, names holdgate does not compute included.
+            observed += tuple(sorted((k, int(v)) for k, v in signals.items()
+                                     if k not in ZERO_SIGNALS))
+        attributes = None if known else resource.attributes
+        context = request.context
+        # A Cedar escape anywhere in the request's own data can fail the request
+        # (`__extn`, `__expr`) or name an entity (`__entity`) where no policy looks:
+        # key such a request by all of its data.
+        if context and b'"__' in orjson.dumps(context) or \
+                attributes and b'"__' in orjson.dumps(attributes):
+            return (request.agent_id, request.action, resource.type, resource.id,
+                    known or bool(attributes), _project(attributes or {}, None),
+                    _project(context, None), observed, "escaped")
         rid = resource.id if known or p.resource_ids_matter or uid in p.entity_literals \
             else None
         attrs: Any = ()
-        if resource.attributes and not known:
-            attrs = _project(resource.attributes, p.resource_attrs)
-        context = _project(request.context, p.context_keys) if request.context else ()
-        get = signals.get
+        if attributes:
+            attrs = _project(attributes, p.resource_attrs)
+        projected = _project(context, p.context_keys) if context else ()
         return (request.agent_id, request.action, resource.type, rid,
-                known or bool(resource.attributes), attrs, context,
-                tuple(bucket(cuts, int(get(name, 0))) for name, cuts in self._cuts))
+                known or bool(attributes), attrs, projected, observed)
 
     # ------------------------------------------------------------ internals --
 
