@@ -46,6 +46,7 @@ _AGENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 _ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
 _ID_MAX = 256
+_CEDAR_ESCAPES = frozenset({"__entity", "__extn", "__expr"})
 _REQUEST_FIELDS = frozenset({"schema_version", "request_id", "agent_id", "action", "resource",
                              "context", "occurred_at", "deadline"})
 _RESOURCE_FIELDS = frozenset({"type", "id", "attributes"})
@@ -76,6 +77,11 @@ def _check_cedar_value(value: Any, path: str, depth: int = 0) -> None:
         return
     if isinstance(value, dict):
         for key, item in value.items():
+            if key in _CEDAR_ESCAPES:
+                # Cedar's JSON escapes would let an agent forge an entity reference or an
+                # extension value, or make Cedar fail on a key no policy reads.
+                raise _fail(f"{path}.{key}", "is a Cedar escape form; agents may not send "
+                                             "entity references or extension values")
             _check_cedar_value(item, f"{path}.{key}", depth + 1)
         return
     raise _fail(path, f"unsupported type {type(value).__name__}")

@@ -224,9 +224,11 @@ def _decide_wave(snapshot: Snapshot, wave: list[_Slot], states: MutableMapping[s
         at = slot.action.decided_at if slot.action.decided_at is not None else decided_at
         if deadline is not None and max(at, slot.action.event_time) > deadline:
             late = max(at, slot.action.event_time) - deadline
+            # The policy's own answer follows, for the record (and for the counters: the
+            # 1 h windows saw it as what the policy decided).
             outcome, reasons = "deny", (Reason(rc.EXPIRED, f"decided {late:.3f}s after the "
                                                "request's deadline; the runtime stopped "
-                                               "waiting"),)
+                                               "waiting"),) + reasons
         slot.final = _decision(snapshot, slot.action, outcome, reasons, slot.signals)
 
 

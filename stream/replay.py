@@ -85,12 +85,12 @@ def replay(records: Iterable[RawRecord], runner: Runner, *,
            recorded: Mapping[str, Mapping[str, Any]] | None = None,
            on_decision: Callable[[Decision], None] | None = None,
            on_progress: Callable[[int], None] | None = None,
-           decided_at: float | None = None) -> ReplayReport:
+           decided_at: float | None = None, chunk_size: int = CHUNK) -> ReplayReport:
     """Run `records` in order through `runner` (state in its store) and compare."""
     report = ReplayReport()
     t0 = time.perf_counter()
     recorded = recorded or {}
-    for chunk in _chunks(records, CHUNK):
+    for chunk in _chunks(records, chunk_size):
         if recorded:
             chunk = [_with_recorded_time(r, recorded) for r in chunk]
         at = decided_at if decided_at is not None else _event_clock(chunk)

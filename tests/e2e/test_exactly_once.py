@@ -89,15 +89,26 @@ def _check_promise(settings: Settings, answers: Answers) -> dict[str, Any]:
         [recorded] = by_request[rid]
         assert (recorded["decision"], [r["code"] for r in recorded["reasons"]]) == \
             (told.decision, told.codes), rid
-    # counters count every action exactly once, in order
+    # counters count every action exactly once, in order: the hour window holds the actions
+    # the policy allowed (an EXPIRED deny names the policy's answer after its own reason)
     offsets = {orjson.loads(a.value)["request_id"]: (a.partition, a.offset) for a in actions}
-    per_agent: dict[str, list[tuple[tuple[int, int], int]]] = defaultdict(list)
+    per_agent: dict[str, list[tuple[tuple[int, int], int, bool]]] = defaultdict(list)
     for rid, [v] in by_request.items():
         if v["signals"]:
-            per_agent[v["agent_id"]].append((offsets[rid], v["signals"]["rate_1h"]))
+            codes = [r["code"] for r in v["reasons"]]
+            allowed = v["decision"] == "allow" or codes[:2] == ["EXPIRED", "PERMITTED"]
+            per_agent[v["agent_id"]].append((offsets[rid], v["signals"]["rate_1h"], allowed))
     for agent, seq in per_agent.items():
-        counts = [n for _, n in sorted(seq)]
-        assert counts == list(range(1, len(counts) + 1)), (agent, counts[:50])
+        seq.sort()
+        expected, before = [], 0
+        for _, _, allowed in seq:
+            expected.append(before + 1)
+            before += allowed
+        assert [n for _, n, _ in seq] == expected, (agent, [n for _, n, _ in seq][:60])
+    # a check the runtime gave up on never became an allow
+    for rid, told in answers.got.items():
+        if told.codes[0] == "TIMEOUT" and by_request.get(rid):
+            assert by_request[rid][0]["decision"] == "deny", by_request[rid][0]["reasons"]
     # the group's committed offsets reached the end: nothing skipped, nothing stuck
     from kafka import KafkaConsumer
 

@@ -140,15 +140,15 @@ def test_other_batching_changes_no_decision(history: dict[str, Any]) -> None:
     for size in (1, 7):
         runner = build_runner(settings, MemoryStore())
         got: dict[str, Any] = {}
-        for i in range(0, len(records), size):
-            out = runner.run(records[i:i + size], decided_at=time.time())
-            runner.apply(out.writes)
-            for d in out.decisions:
-                got[d.request_id] = (d.decision, tuple(r.code for r in d.reasons),
-                                     tuple(sorted(d.signals.items())), d.policy_version,
-                                     d.model_version)
+
+        def keep(d: Any) -> None:
+            got[d.request_id] = (d.decision, tuple(r.code for r in d.reasons),
+                                 tuple(sorted(d.signals.items())), d.policy_version,
+                                 d.model_version)
+
+        report = replay(records, runner, recorded=recorded, on_decision=keep, chunk_size=size)
+        assert report.ok and report.same == len(recorded)
         assert got == {k: _essence(v) for k, v in recorded.items()}
-    assert replay  # the CLI path is covered above; same runner
 
 
 def test_replay_from_mid_topic_holds_no_partition(history: dict[str, Any]) -> None:

@@ -214,22 +214,31 @@ def test_same_resource_with_different_attributes_in_one_batch(
 
 def test_one_bad_request_does_not_sink_the_batch(engine: PolicyEngine,
                                                  make_request: MakeRequest) -> None:
-    bad_extension = {"__extn": {"fn": "no_such_fn", "arg": "1"}}
     items = [
         (make_request("support-bot-1", "tickets.read", ("Ticket", "T-1")), {}),
         (make_request("data-bot-1", "customers.export",
-                      ("Customer", "c-1", {"pii_level": bad_extension})), {}),
-        (make_request("support-bot-1", "tickets.read", ("Ticket", "T-2"),
-                      {"note": bad_extension}), {}),
+                      ("Customer", "c-1", {"pii_level": 5})), {}),
         (make_request("support-bot-1", "tickets.read", ("Ticket", "T-3")), {"rate_1s": "many"}),
         (make_request("data-bot-1", "customers.export",
                       ("Customer", "c-2", {"pii_level": "low"})), {}),
     ]
     decisions = engine.decide_many(items)  # type: ignore[arg-type]
-    assert [d.decision for d in decisions] == ["allow", "deny", "deny", "deny", "allow"]
-    for bad in decisions[1:4]:
-        assert bad.codes == [codes.POLICY_ERROR] and bad.reasons[0].message
-    assert "Customer::'c-1'" in decisions[1].reasons[0].message
+    assert [d.decision for d in decisions] == ["allow", "deny", "deny", "allow"]
+    assert decisions[1].codes == ["SENSITIVE_DATA"]     # an unexpected type: the safe side
+    assert decisions[2].codes == [codes.POLICY_ERROR] and decisions[2].reasons[0].message
+
+
+def test_cedar_escapes_never_reach_the_engine(make_request: MakeRequest) -> None:
+    """An agent cannot forge an entity or an extension value through its context."""
+    from holdgate.errors import ValidationError
+
+    for bad in ({"__extn": {"fn": "decimal", "arg": "1.0"}},
+                {"__entity": {"type": "Role", "id": "auditor"}}):
+        with pytest.raises(ValidationError, match="escape"):
+            make_request("support-bot-1", "tickets.read", ("Ticket", "T-2"), {"note": bad})
+        with pytest.raises(ValidationError, match="escape"):
+            make_request("data-bot-1", "customers.export", ("Customer", "c-1",
+                                                             {"pii_level": bad}))
 
 
 def test_decision_is_frozen(engine: PolicyEngine, make_request: MakeRequest) -> None:
