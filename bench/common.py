@@ -53,7 +53,7 @@ def broker(bootstrap: str | None) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    from holdgate.localkafka import LocalKafka
+    from holdgate.cli.localkafka import LocalKafka
 
     tmp = Path(tempfile.mkdtemp(prefix="hg-bench-kafka-"))
     kafka = LocalKafka(workdir=tmp)

@@ -18,7 +18,7 @@ from typing import Any
 from common import bench_settings, fleet_bundle, summary_ms, worker
 
 from holdgate.client import AsyncGate, Gate, partition_for
-from holdgate.demo import wait_for_gate
+from holdgate.cli.fleet import wait_for_gate
 
 
 def _resource(i: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    from holdgate.localkafka import LocalKafka
+    from holdgate.cli.localkafka import LocalKafka
 
     broker = LocalKafka(workdir=Path(tmp_path_factory.mktemp("kafka")))
     bootstrap = broker.start(timeout=120)

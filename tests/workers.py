@@ -39,7 +39,7 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Block until a probe action gets a worker-made verdict (any decision)."""
         from holdgate.client import Gate
-        from holdgate.demo import wait_for_gate
+        from holdgate.cli.fleet import wait_for_gate
 
         self.assert_alive()
         with Gate(bootstrap=self.settings.bootstrap, agent_id="support-bot-1",

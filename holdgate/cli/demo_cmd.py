@@ -27,7 +27,7 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
     both). Exits 1 if the gate never answers.
     """
     from holdgate.client import Gate
-    from holdgate.demo import FleetReport, run_machine_speed, run_policy_tour, wait_for_gate
+    from holdgate.cli.fleet import FleetReport, run_machine_speed, run_policy_tour, wait_for_gate
 
     tour, burst = FleetReport(), FleetReport()
     lock = threading.Lock()

@@ -25,7 +25,7 @@ def kafka() -> None:
               help="Seconds to wait for the broker to answer a metadata request.")
 def up(workdir: Path, port: int, controller_port: int, timeout: float) -> None:
     """Fetch the jars (first time only), format storage, start and wait until ready."""
-    from holdgate.localkafka import LocalKafka
+    from holdgate.cli.localkafka import LocalKafka
 
     broker = LocalKafka(workdir=workdir, port=port, controller_port=controller_port)
     click.echo(f"starting Kafka on {broker.bootstrap} (first run downloads ~45 MB of jars)...")
@@ -37,7 +37,7 @@ def up(workdir: Path, port: int, controller_port: int, timeout: float) -> None:
 @_DIR
 def down(workdir: Path) -> None:
     """Stop the broker cleanly (SIGTERM, then SIGKILL if it hangs)."""
-    from holdgate.localkafka import LocalKafka
+    from holdgate.cli.localkafka import LocalKafka
 
     stopped = LocalKafka(workdir=workdir).stop()
     click.echo("Kafka stopped" if stopped else "Kafka was not running")
@@ -47,7 +47,7 @@ def down(workdir: Path) -> None:
 @_DIR
 def status(workdir: Path) -> None:
     """Say whether the broker runs and answers; exit 1 if not."""
-    from holdgate.localkafka import LocalKafka
+    from holdgate.cli.localkafka import LocalKafka
 
     info = LocalKafka(workdir=workdir).status()
     for key, value in info.items():

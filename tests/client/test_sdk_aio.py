@@ -10,7 +10,7 @@ from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition
 
 from holdgate.client import AsyncGate
 from holdgate.errors import ActionDenied
-from holdgate.localkafka import free_port
+from holdgate.cli.localkafka import free_port
 from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
 

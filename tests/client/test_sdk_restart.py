@@ -31,7 +31,7 @@ from test_sdk_responder import ALLOWED_ACTION, Responder
 
 from holdgate.client import AsyncGate, Gate
 from holdgate.events import Verdict, decode_request
-from holdgate.localkafka import LocalKafka
+from holdgate.cli.localkafka import LocalKafka
 from holdgate.reasons import TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
 from holdgate.topics import ensure_topics

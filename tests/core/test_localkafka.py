@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from holdgate.errors import KafkaSetupError
-from holdgate.localkafka import LocalKafka, free_port
+from holdgate.cli.localkafka import LocalKafka, free_port
 
 
 def test_busy_port_is_refused_with_a_clear_message(tmp_path: Path) -> None:
