@@ -79,13 +79,21 @@ def fleet_bundle(n_agents: int) -> tuple[Path, list[str]]:
     return dst, agents
 
 
+def bench_keys() -> dict[str, str]:
+    """A throwaway Ed25519 pair: bench workers sign like real ones (signing is measured)."""
+    from holdgate.keys import generate_keypair
+
+    private, public, _ = generate_keypair(tempfile.mkdtemp(prefix="hg-bench-keys-"), "worker")
+    return {"signing_key_file": str(private), "trusted_keys": str(public)}
+
+
 def bench_settings(bootstrap: str, tag: str, **over: object) -> Settings:
     uid = uuid.uuid4().hex[:6]
     base = dict(bootstrap=bootstrap, app_id=f"bench-{tag}-{uid}",
                 actions_topic=f"bench.{tag}.{uid}.actions",
                 verdicts_topic=f"bench.{tag}.{uid}.verdicts",
                 deadletter_topic=f"bench.{tag}.{uid}.deadletter", partitions=4,
-                datadir=tempfile.mkdtemp(prefix=f"hg-bench-{tag}-"), signing_key="bench-key",
+                datadir=tempfile.mkdtemp(prefix=f"hg-bench-{tag}-"), **bench_keys(),
                 max_clock_skew=60.0)
     base.update(over)
     settings = Settings(**base).validated()  # type: ignore[arg-type]

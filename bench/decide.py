@@ -14,6 +14,7 @@ from typing import Any
 from common import fleet_bundle
 
 from holdgate.events import ActionRequest, encode
+from holdgate.keys import Signer
 from holdgate.models import SignalComputer
 from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
 from holdgate.routing import partition_for
@@ -54,7 +55,7 @@ def _run(bundle: PolicyBundle, records: list[RawRecord], batch: int,
     snapshot = Snapshot(engine=engine, policy_version=bundle.version,
                         signals=SignalComputer() if signals else None, partitions=PARTS)
     runner = Runner(snapshot=snapshot, store=MemoryStore(), partitions=PARTS,
-                    signing_key=b"k")
+                    signer=Signer.generate())
     now = t0 + len(records) * 0.05
     start = time.perf_counter()
     for i in range(0, len(records), batch):

@@ -262,10 +262,13 @@ class Verdict(Decided):
     model_version: str | None = None
     signals: dict[str, int] = field(default_factory=dict)
     request: dict[str, Any] | None = None
-    signature: str | None = None
+    #: Per partition, the verdict's place in the decision log (audit gap detection).
+    seq: int | None = None
     schema_version: int = SCHEMA_VERSION
+    #: Not on the wire: the key whose signature the reader verified (record headers).
+    key_id: str | None = field(default=None, compare=False)
 
-    def to_obj(self, *, with_signature: bool = True) -> dict[str, Any]:
+    def to_obj(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies the request and dominated
         # the worker's per-action cost (see bench/decide.py).
         obj = {
@@ -278,8 +281,8 @@ class Verdict(Decided):
             "decided_at": self.decided_at, "expires_at": self.expires_at,
             "request": self.request,
         }
-        if with_signature:
-            obj["signature"] = self.signature
+        if self.seq is not None:
+            obj["seq"] = self.seq
         return obj
 
     @classmethod
@@ -288,7 +291,7 @@ class Verdict(Decided):
             raise _fail("$", "must be a JSON object")
         try:
             reasons = tuple(Reason(**r) for r in obj.get("reasons", ()))
-            fields = {k: v for k, v in obj.items() if k != "reasons"}
+            fields = {k: v for k, v in obj.items() if k not in ("reasons", "key_id")}
             verdict = cls(reasons=reasons, **fields)
         except TypeError as exc:
             raise _fail("$", f"not a verdict: {exc}") from None

@@ -1,16 +1,19 @@
 """One settings object for worker, SDK and CLI, read from `HOLDGATE_*` env vars.
 
-Flags override the environment, the environment overrides defaults.  The
-signing key is a secret: it never appears in `repr`, logs or `--help` output.
+Flags override the environment, the environment overrides defaults.  Key
+material is never in a setting: settings name files (the worker's private
+key, the public keys a runtime or executor trusts), and private key files
+must not be readable by others.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from holdgate.errors import ConfigError
+from holdgate.keys import Signer, TrustStore, load_signer
 
 __all__ = ["Settings", "ENV_PREFIX"]
 
@@ -30,7 +33,8 @@ class Settings:
     replication_factor: int = 1
     policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
     model: str = ""                 # fitted baseline model folder (holdgate fit); empty: none
-    signing_key: str = field(default="", repr=False)
+    signing_key_file: str = ""      # worker: Ed25519 private key (holdgate keys generate)
+    trusted_keys: str = ""          # SDK/executor/tools: public key files or folders, comma list
     verdict_ttl: float = 30.0       # seconds an allow stays actionable
     batch_max: int = 256            # micro-batch size cap
     batch_within: float = 0.002     # seconds to wait filling a micro-batch
@@ -48,6 +52,12 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
+        if env.get(ENV_PREFIX + "SIGNING_KEY"):
+            raise ConfigError("HOLDGATE_SIGNING_KEY (a shared HMAC secret) is no longer "
+                              "supported: any holder could mint allows. Generate an Ed25519 "
+                              "pair with `holdgate keys generate`, give the worker "
+                              "HOLDGATE_SIGNING_KEY_FILE and everyone else "
+                              "HOLDGATE_TRUSTED_KEYS")
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
@@ -91,9 +101,19 @@ class Settings:
         """Faust's name for the table's changelog; holdgate creates it (compacted)."""
         return f"{self.app_id}-{self.state_table}-changelog"
 
-    @property
-    def key_bytes(self) -> bytes | None:
-        return self.signing_key.encode() if self.signing_key else None
+    def signer(self) -> Signer:
+        """The worker's signing key; a worker refuses to start without one."""
+        if not self.signing_key_file:
+            raise ConfigError("no signing key: set HOLDGATE_SIGNING_KEY_FILE (or "
+                              "--signing-key-file) to a private key made by "
+                              "`holdgate keys generate`; a worker never publishes unsigned "
+                              "verdicts")
+        return load_signer(self.signing_key_file)
+
+    def trust(self) -> TrustStore:
+        """Public keys whose signatures this reader accepts (empty: accepts no allow)."""
+        paths = [p.strip() for p in self.trusted_keys.split(",") if p.strip()]
+        return TrustStore.from_paths(paths) if paths else TrustStore()
 
     @property
     def policy_path(self) -> Path:

@@ -1,35 +1,58 @@
-"""Verdict signatures: an executor acts only on an allow it can verify.
+"""Signed records: an Ed25519 signature over the exact bytes published, in record headers.
 
-HMAC-SHA256 over the canonical JSON of the verdict (sorted keys, signature
-field left out).  A shared secret keeps the dependency footprint of the SDK at
-zero; the key id lets operators rotate keys without a flag day.
+Why headers and exact bytes: an executor in any language verifies the value it
+received, byte for byte, with nothing to re-serialise or canonicalise (floats,
+key order and escapes cannot make a valid verdict fail, nor a forged one pass).
+The value stays plain JSON; two headers carry the proof:
+
+    hg-sig   the 64-byte Ed25519 signature over the record value
+    hg-kid   the signing key's id (``ed25519:`` + 16 hex of SHA-256 of the raw key)
+
+Outside Python (documented in the README)::
+
+    openssl pkeyutl -verify -pubin -inkey worker.pub -rawin -in value.bin -sigfile sig.bin
+
+Verdicts are signed by the worker; control records and published bundles by
+operator keys; approvals by approver keys.  All go through these functions.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-from dataclasses import replace
+from typing import Iterable, Sequence
 
-import orjson
+from holdgate.keys import Signer, TrustStore
 
-from holdgate.events import Verdict
+__all__ = ["SIG_HEADER", "KID_HEADER", "Headers", "sign_headers", "read_signature",
+           "verify_record"]
 
-__all__ = ["sign", "verify", "signature_of"]
-
-
-def signature_of(verdict: Verdict, key: bytes) -> str:
-    body = orjson.dumps(verdict.to_obj(with_signature=False), option=orjson.OPT_SORT_KEYS)
-    return "hmac-sha256:" + hmac.new(key, body, hashlib.sha256).hexdigest()
+SIG_HEADER = "hg-sig"
+KID_HEADER = "hg-kid"
+Headers = Sequence[tuple[str, bytes]]
 
 
-def sign(verdict: Verdict, key: bytes | None) -> Verdict:
-    """Return the verdict with its signature set (unchanged when no key is configured)."""
-    if not key:
-        return verdict
-    return replace(verdict, signature=signature_of(verdict, key))
+def sign_headers(signer: Signer, value: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The headers that prove `signer` published exactly `value`."""
+    return ((SIG_HEADER, signer.sign(value)), (KID_HEADER, signer.key_id.encode()))
 
 
-def verify(verdict: Verdict, key: bytes) -> bool:
-    if not verdict.signature:
-        return False
-    return hmac.compare_digest(verdict.signature, signature_of(verdict, key))
+def read_signature(headers: Iterable[tuple[str, bytes | None]] | None
+                   ) -> tuple[str | None, bytes | None]:
+    """(key id, signature) from record headers; None for what is missing."""
+    kid = sig = None
+    for name, value in headers or ():
+        if name == SIG_HEADER and value:
+            sig = bytes(value)
+        elif name == KID_HEADER and value:
+            try:
+                kid = bytes(value).decode("ascii")
+            except UnicodeDecodeError:
+                kid = None
+    return kid, sig
+
+
+def verify_record(trust: TrustStore, value: bytes | None,
+                  headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
+    """None when `value` carries a valid signature by a trusted key, else why not."""
+    if value is None:
+        return "empty record"
+    kid, sig = read_signature(headers)
+    return trust.verify(kid, value, sig)

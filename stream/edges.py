@@ -21,7 +21,8 @@ from holdgate import reasons as rc
 from holdgate.errors import ValidationError
 from holdgate.events import MAX_RECORD_BYTES, Reason, Verdict, action_digest, decode_request_obj
 from holdgate.routing import partition_for
-from holdgate.signing import sign
+from holdgate.keys import Signer
+from holdgate.signing import sign_headers
 from holdgate.stream.core import Action, Decision, Snapshot
 
 __all__ = ["RawRecord", "Outgoing", "Rejected", "decode", "rejected_decision", "seal",
@@ -57,6 +58,7 @@ class Outgoing:
     partition: int
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,18 +166,23 @@ def rejected_decision(rejected: Rejected, snapshot: Snapshot) -> Decision | None
                     digest=action_digest(raw.value or b""), request=None)
 
 
-def seal(decision: Decision, *, decided_at: float, ttl: float,
-         key: bytes | None) -> Outgoing:
-    """The signed wire verdict for a decision; an allow stays actionable for `ttl` s."""
+def seal(decision: Decision, *, decided_at: float, ttl: float, signer: Signer | None,
+         seq: int | None = None) -> Outgoing:
+    """The wire verdict for a decision, signed over its exact bytes (record headers).
+
+    An allow stays actionable for `ttl` seconds.  Without a signer (replay,
+    bench) the verdict is unsigned, and no reader will act on it as an allow.
+    """
     verdict = Verdict(
         request_id=decision.request_id, agent_id=decision.agent_id,
         decision=decision.decision, reasons=decision.reasons,
         policy_version=decision.policy_version, model_version=decision.model_version,
         signals=dict(decision.signals), action_digest=decision.digest, decided_at=decided_at,
         expires_at=decided_at + ttl if decision.allowed else decided_at,
-        request=decision.request)
-    value = orjson.dumps(sign(verdict, key).to_obj())
-    return Outgoing(decision.partition, decision.agent_id.encode(), value)
+        request=decision.request, seq=seq)
+    value = orjson.dumps(verdict.to_obj())
+    headers = sign_headers(signer, value) if signer is not None else ()
+    return Outgoing(decision.partition, decision.agent_id.encode(), value, headers)
 
 
 def dead_letter(raw: RawRecord, error: str, *, worker: str, received_at: float) -> bytes:

@@ -213,7 +213,8 @@ class KafkaDriver:
         try:
             await producer.begin_transaction()
             sends = [await producer.send(s.verdicts_topic, v.value, key=v.key,
-                                         partition=v.partition) for v in out.verdicts]
+                                         partition=v.partition, headers=list(v.headers))
+                     for v in out.verdicts]
             sends += [await producer.send(s.deadletter_topic, letter, partition=0)
                       for letter in out.deadletters]
             state_sends = [await producer.send(s.changelog_topic, value, key=key.encode(),

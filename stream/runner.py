@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 
 from holdgate import reasons as rc
 from holdgate.events import MAX_RECORD_BYTES
+from holdgate.keys import Signer
 from holdgate.routing import partition_for
 from holdgate.stream import core
 from holdgate.stream.core import Action, Decision, Snapshot
@@ -54,7 +55,7 @@ class Runner:
     store: StateStore
     partitions: int
     verdict_ttl: float = 30.0
-    signing_key: bytes | None = None
+    signer: Signer | None = None
     max_action_bytes: int = MAX_RECORD_BYTES
     worker_id: str = "holdgate"
     sealing: bool = True        # False: decisions only, no signed verdict bytes (replay)
@@ -122,7 +123,7 @@ class Runner:
         if self.sealing:
             at = raw.decided_at if raw.decided_at is not None else decided_at
             out.verdicts.append(seal(decision, decided_at=at, ttl=self.verdict_ttl,
-                                     key=self.signing_key))
+                                     signer=self.signer))
         if decision.allowed:
             out.allowed += 1
         else:

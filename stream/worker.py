@@ -16,6 +16,7 @@ import signal
 import socket
 from pathlib import Path
 
+from holdgate.keys import Signer
 from holdgate.settings import Settings
 from holdgate.stream.core import Snapshot
 from holdgate.stream.runner import Runner
@@ -44,10 +45,11 @@ def build_snapshot(settings: Settings) -> Snapshot:
 
 
 def build_runner(settings: Settings, store: StateStore, snapshot: Snapshot | None = None,
-                 worker_id: str | None = None) -> Runner:
+                 worker_id: str | None = None, signer: Signer | None = None) -> Runner:
+    """A runner for the settings; `signer` is the worker's key (replays decide unsigned)."""
     return Runner(snapshot=snapshot or build_snapshot(settings), store=store,
                   partitions=settings.partitions, verdict_ttl=settings.verdict_ttl,
-                  signing_key=settings.key_bytes, max_action_bytes=settings.max_action_bytes,
+                  signer=signer, max_action_bytes=settings.max_action_bytes,
                   worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -69,14 +71,12 @@ def run_worker(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level.lower() != "debug":   # the client's INFO lines are not ours to show
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    signer = settings.signer()             # no key, no worker: never an unsigned verdict
     snapshot = build_snapshot(settings)
-    if not settings.key_bytes:
-        log.warning("HOLDGATE_SIGNING_KEY is not set: verdicts are unsigned and executors "
-                    "configured with a key will refuse them")
     ensure_topics(settings)
     store = RocksStore(Path(settings.datadir) / "state")
     try:
-        runner = build_runner(settings, store, snapshot)
+        runner = build_runner(settings, store, snapshot, signer=signer)
         driver = KafkaDriver(settings, runner, store, instance_id=instance_id(settings))
         asyncio.run(_serve(driver))
     finally:

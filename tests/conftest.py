@@ -32,8 +32,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def verdict_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One Ed25519 pair for the session's workers: the worker signs, everyone else verifies."""
+    from holdgate.keys import generate_keypair
+
+    private, public, key_id = generate_keypair(tmp_path_factory.mktemp("keys"), "worker")
+    return {"signing_key_file": str(private), "trusted_keys": str(public), "key_id": key_id}
+
+
 @pytest.fixture
-def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(kafka_bootstrap: str, tmp_path: Path,
+                  verdict_keys: dict[str, str]) -> Callable[..., Settings]:
     """Settings with topic names and app id unique to this test (own consumer groups too)."""
 
     def factory(**overrides: object) -> Settings:
@@ -41,7 +51,9 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
         base = dict(bootstrap=kafka_bootstrap, app_id=f"hg-test-{tag}",
                     actions_topic=f"t{tag}.actions", verdicts_topic=f"t{tag}.verdicts",
                     deadletter_topic=f"t{tag}.deadletter", partitions=2,
-                    datadir=str(tmp_path / f"worker-{tag}"), signing_key=f"test-key-{tag}")
+                    datadir=str(tmp_path / f"worker-{tag}"),
+                    signing_key_file=verdict_keys["signing_key_file"],
+                    trusted_keys=verdict_keys["trusted_keys"])
         base.update(overrides)
         return Settings(**base).validated()  # type: ignore[arg-type]
 

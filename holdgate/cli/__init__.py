@@ -37,10 +37,11 @@ def cli(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> No
 
 def _register() -> None:
     from holdgate.cli import (analyst_cmds, client_cmds, demo_cmd, history_cmds, kafka_cmds,
-                              policy_cmds, worker_cmd)
+                              keys_cmd, policy_cmds, worker_cmd)
     from holdgate.cli import sim_cmd
 
     cli.add_command(kafka_cmds.kafka)
+    cli.add_command(keys_cmd.keys)
     cli.add_command(policy_cmds.policy)
     cli.add_command(worker_cmd.worker)
     cli.add_command(client_cmds.send)

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_async import AioKafkaTransport
@@ -28,6 +28,7 @@ from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransp
                                        ClientTimeouts, TransportError)
 from holdgate.errors import ActionDenied
 from holdgate.events import Resource, Verdict
+from holdgate.keys import TrustStore
 from holdgate.settings import Settings
 
 __all__ = ["AsyncGate"]
@@ -64,15 +65,13 @@ class AsyncGate:
     """
 
     def __init__(self, *, bootstrap: str | None = None, agent_id: str | None = None,
-                 settings: Settings | None = None, signing_key: str | bytes | None = None,
+                 settings: Settings | None = None,
+                 trusted_keys: TrustStore | str | Sequence[str] | None = None,
                  default_timeout: float = 5.0, connect_timeout: float = 5.0,
                  poll_interval: float = 0.05, linger_ms: int = 1,
                  transport: AsyncTransport | None = None) -> None:
         config = GateConfig.resolve(bootstrap=bootstrap, settings=settings,
-                                    signing_key=signing_key)
-        if config.key is None:
-            log.warning("holdgate AsyncGate has no signing key: allow verdicts are not "
-                        "authenticated")
+                                    trusted_keys=trusted_keys)
         self._core = GateCore(config, name="AsyncGate", agent_id=agent_id,
                               default_timeout=default_timeout)
         if transport is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from holdgate.client.routing import GateConfig, partition_for
+from holdgate.client.transport import Received
 from holdgate.client.steps import Clock, Deny, Pending, Send, Step, SystemClock, Work
 from holdgate.client.verify import Failure, local_deny, parse_record, verify_verdict
 from holdgate.errors import ConfigError
@@ -177,11 +178,11 @@ class GateCore:
         p.result = Failure(UNAVAILABLE, f"could not publish the action: {error}")
         return p
 
-    def receive(self, values: Iterable[bytes | None]) -> list[Pending]:
+    def receive(self, records: Iterable[Received]) -> list[Pending]:
         """Verdict records arrived: resolve their checks, count the rest as ignored."""
         woken: list[Pending] = []
-        for raw in values:
-            request_id, result = parse_record(raw)
+        for raw, headers in records:
+            request_id, result = parse_record(raw, headers, self.config.trust)
             p = self._pending.pop(request_id, None) if request_id is not None else None
             if p is None:
                 self._stats["ignored"] += 1       # another gate's, or late after a timeout
@@ -215,8 +216,7 @@ class GateCore:
                 self._stats["unavailable"] += 1
             return local_deny(p.request, code=result.code, message=result.message,
                               digest=p.digest)
-        return verify_verdict(result, p.request, self.config.key, self.clock.time(),
-                              digest=p.digest)
+        return verify_verdict(result, p.request, self.clock.time(), digest=p.digest)
 
     def _unavailable(self, p: Pending, message: str) -> Verdict:
         self._stats["unavailable"] += 1

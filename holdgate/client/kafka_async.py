@@ -28,7 +28,7 @@ import aiokafka.errors as aerrors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from holdgate.client.routing import GateConfig
-from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport,
+from holdgate.client.transport import (Received, AsyncConsumer, AsyncProducer, AsyncTransport,
                                        ClientTimeouts, OnDelivery, TransportError)
 
 __all__ = ["AioKafkaTransport"]
@@ -164,12 +164,13 @@ class _AioConsumer(AsyncConsumer):
                 errors[tp.partition] = repr(exc)
         return errors
 
-    async def poll(self, timeout: float) -> list[bytes | None]:
+    async def poll(self, timeout: float) -> list[Received]:
         try:
             batch = await self.raw.getmany(timeout_ms=max(0, int(timeout * 1000)))
         except Exception as exc:
             raise TransportError(f"verdict consumer failed: {exc!r}") from exc
-        return [record.value for records in batch.values() for record in records]
+        return [(record.value, tuple(record.headers or ())) for records in batch.values()
+                for record in records]
 
     async def close(self) -> None:
         await _stop(self.raw, "consumer")

@@ -25,7 +25,7 @@ import kafka.errors as kerrors
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from holdgate.client.routing import GateConfig
-from holdgate.client.transport import (ClientTimeouts, Consumer, OnDelivery, Producer,
+from holdgate.client.transport import (Received, ClientTimeouts, Consumer, OnDelivery, Producer,
                                        Transport, TransportError)
 
 __all__ = ["KafkaTransport"]
@@ -156,12 +156,13 @@ class _KafkaConsumer(Consumer):
                 errors[tp.partition] = "offset lookup timed out"
         return errors
 
-    def poll(self, timeout: float) -> list[bytes | None]:
+    def poll(self, timeout: float) -> list[Received]:
         try:
             batch = self.raw.poll(timeout_ms=max(0, int(timeout * 1000)))
         except Exception as exc:
             raise TransportError(f"verdict consumer failed: {exc!r}") from exc
-        return [record.value for records in batch.values() for record in records]
+        return [(record.value, tuple(record.headers or ())) for records in batch.values()
+                for record in records]
 
     def close(self) -> None:
         try:

@@ -26,9 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
-from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport, Consumer,
+from holdgate.client.transport import (Received, AsyncConsumer, AsyncProducer, AsyncTransport, Consumer,
                                        OnDelivery, Producer, Transport, TransportError)
 from holdgate.events import ActionRequest, Verdict, decode_request, encode
+from holdgate.keys import Signer
+from holdgate.signing import sign_headers
 
 __all__ = ["Handler", "Appended", "MockBroker", "MockTransport", "AsyncMockTransport"]
 
@@ -50,10 +52,11 @@ class MockBroker:
     """Topics in memory; thread-safe; shared by any number of mock transports."""
 
     def __init__(self, handler: Handler | None = None, *, partitions: int = 2,
-                 topics_exist: bool = True) -> None:
+                 topics_exist: bool = True, signer: Signer | None = None) -> None:
         self.handler, self.partitions, self.topics_exist = handler, partitions, topics_exist
+        self.signer = signer            # signs the handler's verdicts, as the worker does
         self.actions: list[Appended] = []
-        self.verdicts: dict[int, list[bytes | None]] = {p: [] for p in range(partitions)}
+        self.verdicts: dict[int, list[Received]] = {p: [] for p in range(partitions)}
         self.running = True
         self.ack = True                                  # False: hold records unacknowledged
         self.refuse_sends: TransportError | None = None  # raised by every send while set
@@ -78,10 +81,16 @@ class MockBroker:
             if not producer.fenced:
                 self._deliver(partition, key, value, on_delivery)
 
-    def reply(self, partition: int, value: bytes | None) -> None:
-        """Append a raw record to a verdict partition (as the worker would)."""
+    def reply(self, partition: int, value: bytes | None,
+              headers: tuple[tuple[str, bytes], ...] | None = None) -> None:
+        """Append a raw record to a verdict partition (as the worker would).
+
+        Without explicit `headers`, a broker with a signer signs the value.
+        """
+        if headers is None:
+            headers = sign_headers(self.signer, value) if self.signer and value else ()
         with self._cond:
-            self.verdicts[partition].append(value)
+            self.verdicts[partition].append((value, headers))
             self._cond.notify_all()
             listeners = list(self._listeners)
         for listener in listeners:
@@ -134,12 +143,12 @@ class MockBroker:
         self._require_running("metadata")
         return {t: self.partitions if self.topics_exist else 0 for t in topics}
 
-    def _take(self, positions: dict[int, int]) -> list[bytes | None]:
+    def _take(self, positions: dict[int, int]) -> list[Received]:
         """Records past `positions` (advanced); raises a pending poll error. Hold `_cond`."""
         if self.poll_error is not None:
             error, self.poll_error = self.poll_error, None
             raise error
-        out: list[bytes | None] = []
+        out: list[Received] = []
         if self.running:
             for partition, position in positions.items():
                 records = self.verdicts[partition][position:]
@@ -185,7 +194,7 @@ class _Consumer(Consumer):
     def assign(self, partitions: Collection[int], timeout: float) -> Mapping[int, str]:
         return self.broker._assign(self.positions, partitions)
 
-    def poll(self, timeout: float) -> list[bytes | None]:
+    def poll(self, timeout: float) -> list[Received]:
         with self.broker._cond:
             end = time.monotonic() + timeout
             while not (out := self.broker._take(self.positions)):
@@ -238,7 +247,7 @@ class _AsyncConsumer(AsyncConsumer):
     async def assign(self, partitions: Collection[int]) -> Mapping[int, str]:
         return self.broker._assign(self.positions, partitions)
 
-    async def poll(self, timeout: float) -> list[bytes | None]:
+    async def poll(self, timeout: float) -> list[Received]:
         loop = asyncio.get_running_loop()
         arrived = asyncio.Event()
 

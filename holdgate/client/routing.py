@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from holdgate.errors import ConfigError
+from holdgate.keys import TrustStore
 from holdgate.routing import partition_for
 from holdgate.settings import Settings
 
@@ -34,22 +35,32 @@ class GateConfig:
     bootstrap: str
     actions_topic: str
     verdicts_topic: str
-    key: bytes | None
+    trust: TrustStore
     client_id: str
 
     @classmethod
     def resolve(cls, *, bootstrap: str | None, settings: Settings | None,
-                signing_key: str | bytes | None) -> GateConfig:
-        """`settings` or, when None, `Settings.from_env()`; `bootstrap`/`signing_key` override."""
+                trusted_keys: TrustStore | str | Sequence[str] | None) -> GateConfig:
+        """`settings` or, when None, `Settings.from_env()`; explicit arguments override.
+
+        A gate trusts no key by default: with none configured it could never act
+        on an allow, so that is refused here, at construction, with what to set.
+        """
         base = settings.with_(bootstrap=bootstrap) if settings is not None \
             else Settings.from_env(bootstrap=bootstrap)
-        if signing_key:
-            key: bytes | None = signing_key.encode() if isinstance(signing_key, str) \
-                else bytes(signing_key)
+        if isinstance(trusted_keys, TrustStore):
+            trust = trusted_keys
+        elif trusted_keys:
+            paths = [trusted_keys] if isinstance(trusted_keys, str) else list(trusted_keys)
+            trust = TrustStore.from_paths(p for raw in paths for p in raw.split(",") if p)
         else:
-            key = base.key_bytes
+            trust = base.trust()
+        if not len(trust):
+            raise ConfigError("no trusted verdict keys: set HOLDGATE_TRUSTED_KEYS (or "
+                              "trusted_keys=) to the worker's public key file(s); without "
+                              "one no allow could ever be verified")
         return cls(bootstrap=base.bootstrap, actions_topic=base.actions_topic,
-                   verdicts_topic=base.verdicts_topic, key=key,
+                   verdicts_topic=base.verdicts_topic, trust=trust,
                    client_id=f"{base.app_id}-gate")
 
     def missing_topics_message(self, missing: list[str]) -> str:

@@ -20,17 +20,18 @@ import functools
 import inspect
 import logging
 import threading
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from holdgate.client.baton import Baton
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_sync import KafkaTransport
 from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.steps import Deny, Pending, Send, Step, Work
-from holdgate.client.transport import (ClientTimeouts, Consumer, Producer, Transport,
+from holdgate.client.transport import (Received, ClientTimeouts, Consumer, Producer, Transport,
                                        TransportError)
 from holdgate.errors import ActionDenied
 from holdgate.events import Resource, Verdict
+from holdgate.keys import TrustStore
 from holdgate.settings import Settings
 
 __all__ = ["Gate"]
@@ -50,14 +51,13 @@ class Gate:
     """
 
     def __init__(self, *, bootstrap: str | None = None, agent_id: str | None = None,
-                 settings: Settings | None = None, signing_key: str | bytes | None = None,
+                 settings: Settings | None = None,
+                 trusted_keys: TrustStore | str | Sequence[str] | None = None,
                  default_timeout: float = 5.0, connect_timeout: float = 5.0,
                  poll_interval: float = 0.05, linger_ms: int = 1,
                  transport: Transport | None = None) -> None:
         config = GateConfig.resolve(bootstrap=bootstrap, settings=settings,
-                                    signing_key=signing_key)
-        if config.key is None:
-            log.warning("holdgate Gate has no signing key: allow verdicts are not authenticated")
+                                    trusted_keys=trusted_keys)
         self._core = GateCore(config, name="Gate", agent_id=agent_id,
                               default_timeout=default_timeout)
         if transport is None:
@@ -214,7 +214,7 @@ class Gate:
             if values:
                 self._dispatch(values)
 
-    def _dispatch(self, values: list[bytes | None]) -> None:
+    def _dispatch(self, values: list[Received]) -> None:
         with self._lock:
             for woken in self._core.receive(values):
                 woken.waker.set()

@@ -31,7 +31,10 @@ from typing import Callable, Collection, Mapping, Sequence
 
 from holdgate.errors import GateError
 
-__all__ = ["TransportError", "OnDelivery", "Producer", "Consumer", "Transport",
+#: One verdict record as the gate sees it: its value and its headers (the signature).
+Received = tuple["bytes | None", "tuple[tuple[str, bytes], ...]"]
+
+__all__ = ["Received", "TransportError", "OnDelivery", "Producer", "Consumer", "Transport",
            "AsyncProducer", "AsyncConsumer", "AsyncTransport", "ClientTimeouts"]
 
 
@@ -89,8 +92,8 @@ class Consumer(ABC):
         """
 
     @abstractmethod
-    def poll(self, timeout: float) -> list[bytes | None]:
-        """Verdict record values, returning as soon as any arrive (or after `timeout`)."""
+    def poll(self, timeout: float) -> list[Received]:
+        """Verdict records (value, headers), returning as soon as any arrive (or at `timeout`)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -141,7 +144,7 @@ class AsyncConsumer(ABC):
         """Like `Consumer.assign`; the caller bounds the time."""
 
     @abstractmethod
-    async def poll(self, timeout: float) -> list[bytes | None]:
+    async def poll(self, timeout: float) -> list[Received]:
         """Like `Consumer.poll`."""
 
     @abstractmethod

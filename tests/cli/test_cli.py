@@ -53,14 +53,34 @@ def test_policy_test_fails_on_a_wrong_case(bundle_copy: Path) -> None:
     assert "FAIL" in out.stdout and case.stem in out.stdout and "1 failed" in out.stdout
 
 
-def test_worker_refuses_an_invalid_bundle(bundle_copy: Path) -> None:
+def test_worker_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
+    out = _run("worker", env={"HOLDGATE_BOOTSTRAP": "127.0.0.1:1",
+                              "HOLDGATE_SIGNING_KEY_FILE": ""}, timeout=60)
+    assert out.returncode == 2 and "holdgate keys generate" in out.stderr, out.stderr
+    out = _run("worker", env={"HOLDGATE_SIGNING_KEY": "change-me"}, timeout=60)
+    assert out.returncode == 2 and "no longer supported" in out.stderr, out.stderr
+
+
+def test_keys_generate_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:
+    out = _run("keys", "generate", "--dir", str(tmp_path), "--name", "worker")
+    assert out.returncode == 0 and out.stdout.startswith("ed25519:"), out.stderr
+    assert (tmp_path / "worker.key").stat().st_mode & 0o777 == 0o600
+    shown = _run("keys", "show", str(tmp_path / "worker.pub"))
+    assert shown.stdout.strip() == out.stdout.splitlines()[0]
+    again = _run("keys", "generate", "--dir", str(tmp_path), "--name", "worker")
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_worker_refuses_an_invalid_bundle(bundle_copy: Path,
+                                          verdict_keys: dict[str, str]) -> None:
     policy = bundle_copy / "policy.cedar"
     policy.write_text(policy.read_text() + '\n@id("broken")\npermit (principal, action, resource'
                       ' ) when { context.nope.nope == };\n')
     out = _run("policy", "validate", str(bundle_copy))
     assert out.returncode == 2 and "policy.cedar" in out.stderr
     out = _run("worker", "--policy-dir", str(bundle_copy),
-               env={"HOLDGATE_BOOTSTRAP": "127.0.0.1:1"}, timeout=60)
+               env={"HOLDGATE_BOOTSTRAP": "127.0.0.1:1",
+                    "HOLDGATE_SIGNING_KEY_FILE": verdict_keys["signing_key_file"]}, timeout=60)
     assert out.returncode == 2 and "policy.cedar" in out.stderr, out.stderr
 
 

@@ -13,12 +13,13 @@ from holdgate.client.transport import TransportError
 from holdgate.client.verify import Failure
 from holdgate.events import Reason, Verdict, action_digest, decode_request, encode
 from holdgate.reasons import INVALID_VERDICT, PERMITTED, TIMEOUT, UNAVAILABLE
-from holdgate.signing import sign
+from holdgate.keys import Signer, TrustStore
+from holdgate.signing import sign_headers
 
-KEY = b"core-key"
+SIGNER = Signer.generate()
 AGENT = "bot-1"
 CONFIG = GateConfig(bootstrap="h:9092", actions_topic="t.actions", verdicts_topic="t.verdicts",
-                    key=KEY, client_id="c")
+                    trust=TrustStore([SIGNER.public_key]), client_id="c")
 COUNTS = {"t.actions": 4, "t.verdicts": 4}
 
 
@@ -66,12 +67,13 @@ def check(core: GateCore, **kw: object) -> Pending:
                       context=None, timeout=kw.pop("timeout", None), agent_id=None, **kw)
 
 
-def allow(p: Pending, **changes: object) -> bytes:
-    now = time.time()
+def allow(p: Pending, **changes: object) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    now = p.request.occurred_at                      # the fake clock's wall time
     verdict = Verdict(request_id=p.request_id, agent_id=AGENT, decision="allow",
                       reasons=(Reason(PERMITTED),), policy_version="p1", action_digest=p.digest,
                       decided_at=now, expires_at=now + 30)
-    return encode(sign(replace(verdict, **changes), KEY))  # type: ignore[arg-type]
+    value = encode(replace(verdict, **changes))  # type: ignore[arg-type]
+    return value, sign_headers(SIGNER, value)
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_verdict_resolves_its_check_and_is_verified(clock: FakeClock) -> None:
     bring_up(core, object())
     p, other = check(core), check(core)
     core.admit(p), core.admit(other)
-    assert core.receive([allow(p), b'{"request_id": "someone-else"}']) == [p]
+    assert core.receive([allow(p), (b'{"request_id": "someone-else"}', ())]) == [p]
     verdict = core.finish(p)
     assert verdict.allowed and verdict.codes == [PERMITTED]
     stats = core.stats

@@ -29,7 +29,7 @@ async def gate(gate_settings: Settings) -> AsyncIterator[AsyncGate]:
 
 async def test_allow_and_deny_round_trip(gate: AsyncGate, responder: Responder) -> None:
     allowed = await gate.check(action=ALLOWED_ACTION, resource=TICKET)
-    assert allowed.allowed and allowed.signature and allowed.policy_version == "test"
+    assert allowed.allowed and allowed.key_id and allowed.policy_version == "test"
     denied = await gate.check(action="tickets.delete", resource=TICKET)
     assert not denied.allowed and denied.codes == [NO_PERMIT]
 

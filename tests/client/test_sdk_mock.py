@@ -16,35 +16,36 @@ from holdgate.client.transport import TransportError
 from holdgate.events import ActionRequest, Reason, Verdict, action_digest, decode_request, encode
 from holdgate.reasons import NO_PERMIT, PERMITTED, TIMEOUT, UNAVAILABLE
 from holdgate.settings import Settings
-from holdgate.signing import sign
+from holdgate.keys import Signer, TrustStore
 
-KEY = b"mock-key"
+SIGNER = Signer.generate()
+TRUST = TrustStore([SIGNER.public_key])
 AGENT = "bot-mock"
 TICKET = {"type": "Ticket", "id": "t-1"}
-SETTINGS = Settings(bootstrap="mock:9092", signing_key=KEY.decode())
+SETTINGS = Settings(bootstrap="mock:9092")
 
 
 def worker(request: ActionRequest) -> Verdict:
     """The stand-in worker: allow tickets.read, deny the rest; binds and signs like the real one."""
     now = time.time()
     allowed = request.action == "tickets.read"
-    return sign(Verdict(
+    return Verdict(
         request_id=request.request_id, agent_id=request.agent_id,
         decision="allow" if allowed else "deny",
         reasons=(Reason(PERMITTED),) if allowed else (Reason(NO_PERMIT, "mock"),),
         policy_version="mock", action_digest=request.digest, decided_at=now,
-        expires_at=now + 30), KEY)
+        expires_at=now + 30)
 
 
 def gate(broker: MockBroker, **kw: Any) -> Gate:
     return Gate(settings=SETTINGS, agent_id=AGENT, transport=MockTransport(broker=broker),
-                **{"default_timeout": 2.0, **kw})
+                **{"default_timeout": 2.0, "trusted_keys": TRUST, **kw})
 
 
 def agate(broker: MockBroker, **kw: Any) -> AsyncGate:
     return AsyncGate(settings=SETTINGS, agent_id=AGENT,
                      transport=AsyncMockTransport(broker=broker),
-                     **{"default_timeout": 2.0, **kw})
+                     **{"default_timeout": 2.0, "trusted_keys": TRUST, **kw})
 
 
 @dataclass
@@ -76,11 +77,11 @@ def no_late_delivery(broker: MockBroker, returned: dict[str, float]) -> None:
 
 # ----------------------------------------------------------------------------- Gate
 def test_round_trip_publishes_bytes_with_deadline_and_binds_them() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     with gate(broker) as g:
         allowed = timed_check(g, timeout=1.5, context={"n": 1}).verdict
         denied = g.check(action="tickets.delete", resource=TICKET)
-    assert allowed.allowed and allowed.policy_version == "mock" and allowed.signature
+    assert allowed.allowed and allowed.policy_version == "mock" and allowed.key_id == SIGNER.key_id
     assert denied.codes == [NO_PERMIT]
     record = broker.actions[0]
     request = decode_request(record.value)
@@ -108,15 +109,16 @@ def test_a_lone_check_reads_its_own_verdict_without_a_thread_hop() -> None:
             consumer.poll = spy  # type: ignore[method-assign]
             return consumer
 
-    broker = MockBroker(worker)
-    with Gate(settings=SETTINGS, agent_id=AGENT, transport=Spy(broker=broker)) as g:
+    broker = MockBroker(worker, signer=SIGNER)
+    with Gate(settings=SETTINGS, agent_id=AGENT, transport=Spy(broker=broker),
+              trusted_keys=TRUST) as g:
         for _ in range(20):
             assert g.check(action="tickets.read", resource=TICKET).allowed
     assert pollers == {threading.current_thread().name}
 
 
 def test_many_threads_share_one_gate() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     with gate(broker) as g, ThreadPoolExecutor(16) as pool:
         verdicts = list(pool.map(
             lambda i: g.check(action="tickets.read" if i % 3 else "tickets.delete",
@@ -127,7 +129,7 @@ def test_many_threads_share_one_gate() -> None:
 
 
 def test_outage_denies_fast_drops_buffered_actions_and_recovers() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     returned: dict[str, float] = {}
     with gate(broker) as g:
         assert g.check(action="tickets.read", resource=TICKET).allowed
@@ -149,7 +151,7 @@ def test_outage_denies_fast_drops_buffered_actions_and_recovers() -> None:
 
 def test_without_a_fence_a_held_action_is_delivered_late() -> None:
     """The mock is faithful: a held record of an unfenced producer is delivered on restart."""
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     acks: list[Any] = []
     producer = MockTransport(broker=broker).open_producer(1.0)
     broker.stop()
@@ -161,7 +163,7 @@ def test_without_a_fence_a_held_action_is_delivered_late() -> None:
 
 
 def test_fatal_send_error_replaces_the_producer_a_record_error_does_not() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     with gate(broker) as g:
         assert g.check(action="tickets.read", resource=TICKET).allowed
         broker.refuse_sends = TransportError("record too large", fatal=False)
@@ -176,7 +178,7 @@ def test_fatal_send_error_replaces_the_producer_a_record_error_does_not() -> Non
 
 
 def test_broken_consumer_resets_the_session() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     with gate(broker) as g:
         assert g.check(action="tickets.read", resource=TICKET).allowed
         broker.handler = None                        # the next check waits for its verdict
@@ -190,7 +192,7 @@ def test_broken_consumer_resets_the_session() -> None:
 
 
 def test_close_fences_and_denies_a_waiting_check() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     broker.ack = False                               # accepted, never acknowledged
     g = gate(broker)
     with ThreadPoolExecutor(1) as pool:
@@ -204,7 +206,7 @@ def test_close_fences_and_denies_a_waiting_check() -> None:
 
 # ----------------------------------------------------------------------------- AsyncGate
 async def test_async_round_trip_and_deadline() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     async with agate(broker) as g:
         allowed = await g.check(action="tickets.read", resource=TICKET, timeout=1.0)
         denied = await g.check(action="tickets.delete", resource=TICKET)
@@ -217,7 +219,7 @@ async def test_async_round_trip_and_deadline() -> None:
 
 
 async def test_async_outage_denies_fast_and_recovers() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     async with agate(broker) as g:
         assert (await g.check(action="tickets.read", resource=TICKET)).allowed
         broker.stop()
@@ -237,7 +239,7 @@ async def test_async_outage_denies_fast_and_recovers() -> None:
 
 
 async def test_async_cancelled_check_never_delivers_its_action() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     async with agate(broker) as g:
         assert (await g.check(action="tickets.read", resource=TICKET)).allowed
         broker.ack = False
@@ -254,7 +256,7 @@ async def test_async_cancelled_check_never_delivers_its_action() -> None:
 
 
 async def test_async_missing_topics_and_closed() -> None:
-    broker = MockBroker(worker)
+    broker = MockBroker(worker, signer=SIGNER)
     broker.topics_exist = False
     g = agate(broker)
     verdict = await g.check(action="tickets.read", resource=TICKET, timeout=1.0)

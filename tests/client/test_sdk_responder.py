@@ -29,7 +29,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from holdgate.client import partition_for
 from holdgate.events import ActionRequest, Reason, Verdict, decode_request, encode
 from holdgate.settings import Settings
-from holdgate.signing import sign
+from holdgate.keys import Signer, load_signer
+from holdgate.signing import sign_headers
 
 ALLOWED_ACTION = "tickets.read"
 
@@ -39,7 +40,8 @@ class Responder(threading.Thread):
 
     def __init__(self, settings: Settings, *, ttl: float = 30.0) -> None:
         super().__init__(name="test-responder", daemon=True)
-        self.settings, self.ttl, self.key = settings, ttl, settings.key_bytes
+        self.settings, self.ttl = settings, ttl
+        self.signer = load_signer(settings.signing_key_file)
         # Reconnect within a second after a broker restart (kafka-python's default
         # backoff grows to 30 s), so that the restart test measures the SDK, not this.
         self.consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
@@ -94,26 +96,27 @@ class Responder(threading.Thread):
         mode = str(request.context.get("respond", "normal"))
         if mode == "silent":
             return
-        value = self._reply(request, mode)
+        value, headers = self._reply(request, mode)
         if mode in ("committed", "aborted"):
-            self._send_in_transaction(value, record.partition, request.agent_id,
+            self._send_in_transaction(value, headers, record.partition, request.agent_id,
                                       commit=mode == "committed")
             return
         delay = int(request.context.get("delay_ms", 0)) / 1000
-        send = lambda: self._send(value, record.partition, request.agent_id)  # noqa: E731
+        send = lambda: self._send(value, headers, record.partition, request.agent_id)  # noqa
         if delay:
             threading.Timer(delay, send).start()
         else:
             send()
 
-    def _send(self, value: bytes, partition: int, agent_id: str) -> None:
-        self.producer.send(self.settings.verdicts_topic, value=value,
+    def _send(self, value: bytes, headers: list[tuple[str, bytes]], partition: int,
+              agent_id: str) -> None:
+        self.producer.send(self.settings.verdicts_topic, value=value, headers=headers,
                            key=agent_id.encode(), partition=partition)
         with self._lock:
             self.replied += 1
 
-    def _send_in_transaction(self, value: bytes, partition: int, agent_id: str, *,
-                             commit: bool) -> None:
+    def _send_in_transaction(self, value: bytes, headers: list[tuple[str, bytes]],
+                             partition: int, agent_id: str, *, commit: bool) -> None:
         """Write one verdict in its own transaction, then commit or abort it."""
         if self._txn is None:
             self._txn = KafkaProducer(bootstrap_servers=self.settings.bootstrap, linger_ms=1,
@@ -121,7 +124,7 @@ class Responder(threading.Thread):
             self._txn.init_transactions()
         self._txn.begin_transaction()
         self._txn.send(self.settings.verdicts_topic, value=value, key=agent_id.encode(),
-                       partition=partition)
+                       partition=partition, headers=headers)
         self._txn.flush(5)                # the record is in the log before the outcome
         if commit:
             self._txn.commit_transaction()
@@ -130,9 +133,9 @@ class Responder(threading.Thread):
         with self._lock:
             self.replied += 1
 
-    def _reply(self, request: ActionRequest, mode: str) -> bytes:
+    def _reply(self, request: ActionRequest, mode: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         if mode == "garbage":   # has a request_id but is not a verdict
-            return orjson.dumps({"request_id": request.request_id, "decision": "maybe"})
+            return orjson.dumps({"request_id": request.request_id, "decision": "maybe"}), []
         now = time.time()
         allowed = request.action == ALLOWED_ACTION
         verdict = Verdict(
@@ -145,11 +148,14 @@ class Responder(threading.Thread):
             request=request.to_obj())
         if mode == "bad_digest":
             verdict = replace(verdict, action_digest="sha256:" + "0" * 64)
-        if mode != "unsigned":
-            verdict = sign(verdict, b"some-other-key" if mode == "wrong_key" else self.key)
-        if mode == "tamper":
-            verdict = replace(verdict, reasons=(Reason("PERMITTED", "tampered"),))
-        return encode(verdict)
+        value = encode(verdict)
+        if mode == "unsigned":
+            return value, []
+        headers = list(sign_headers(Signer.generate() if mode == "wrong_key" else self.signer,
+                                    value))
+        if mode == "tamper":          # signed, then changed on the way
+            value = encode(replace(verdict, reasons=(Reason("PERMITTED", "tampered"),)))
+        return value, headers
 
 
 @contextmanager

@@ -57,12 +57,13 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]
 
 
 @pytest.fixture
-def own_settings(own_broker: LocalKafka) -> Settings:
+def own_settings(own_broker: LocalKafka, verdict_keys: dict[str, str]) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = Settings(bootstrap=own_broker.bootstrap, app_id=f"hg-restart-{tag}",
                         actions_topic=f"r{tag}.actions", verdicts_topic=f"r{tag}.verdicts",
                         deadletter_topic=f"r{tag}.deadletter", partitions=2,
-                        signing_key=f"restart-key-{tag}").validated()
+                        signing_key_file=verdict_keys["signing_key_file"],
+                        trusted_keys=verdict_keys["trusted_keys"]).validated()
     ensure_topics(settings)            # actions topic: message.timestamp.type=LogAppendTime
     return settings
 

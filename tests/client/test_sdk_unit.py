@@ -15,10 +15,13 @@ from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.verify import Failure, parse_record
 from holdgate.events import ActionRequest, Reason, Verdict, encode
 from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT
+from holdgate.errors import ConfigError
+from holdgate.keys import Signer, TrustStore, generate_keypair
 from holdgate.settings import Settings
-from holdgate.signing import sign
+from holdgate.signing import sign_headers
 
-KEY = b"unit-key"
+SIGNER = Signer.generate()
+TRUST = TrustStore([SIGNER.public_key])
 
 
 def test_public_api() -> None:
@@ -43,21 +46,37 @@ def test_partition_for_rejects_zero_partitions() -> None:
         partition_for("a", 0)
 
 
-def test_config_explicit_kwargs_beat_settings() -> None:
+def test_config_explicit_kwargs_beat_settings(tmp_path: object) -> None:
+    _, public, key_id = generate_keypair(str(tmp_path), "worker")
     s = Settings(bootstrap="h:1", actions_topic="a.x", verdicts_topic="v.x",
-                 deadletter_topic="d.x", signing_key="from-settings")
-    assert GateConfig.resolve(bootstrap=None, settings=s, signing_key=None).key == \
-        b"from-settings"
-    cfg = GateConfig.resolve(bootstrap="h:2", settings=s, signing_key="explicit")
-    assert (cfg.bootstrap, cfg.actions_topic, cfg.verdicts_topic, cfg.key) == \
-        ("h:2", "a.x", "v.x", b"explicit")
+                 deadletter_topic="d.x", trusted_keys=str(public))
+    assert GateConfig.resolve(bootstrap=None, settings=s, trusted_keys=None).trust.key_ids == \
+        [key_id]
+    cfg = GateConfig.resolve(bootstrap="h:2", settings=s, trusted_keys=TRUST)
+    assert (cfg.bootstrap, cfg.actions_topic, cfg.verdicts_topic, cfg.trust) == \
+        ("h:2", "a.x", "v.x", TRUST)
 
 
-def test_config_reads_env_when_no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_reads_env_when_no_settings(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: object) -> None:
+    _, public, key_id = generate_keypair(str(tmp_path), "worker")
     monkeypatch.setenv("HOLDGATE_VERDICTS_TOPIC", "env.verdicts")
-    monkeypatch.setenv("HOLDGATE_SIGNING_KEY", "env-key")
-    cfg = GateConfig.resolve(bootstrap="h:3", settings=None, signing_key=None)
-    assert (cfg.bootstrap, cfg.verdicts_topic, cfg.key) == ("h:3", "env.verdicts", b"env-key")
+    monkeypatch.setenv("HOLDGATE_TRUSTED_KEYS", str(public))
+    cfg = GateConfig.resolve(bootstrap="h:3", settings=None, trusted_keys=None)
+    assert (cfg.bootstrap, cfg.verdicts_topic, cfg.trust.key_ids) == ("h:3", "env.verdicts",
+                                                                      [key_id])
+
+
+def test_a_gate_without_trusted_keys_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOLDGATE_TRUSTED_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="HOLDGATE_TRUSTED_KEYS"):
+        GateConfig.resolve(bootstrap="h:3", settings=None, trusted_keys=None)
+
+
+def test_shared_hmac_keys_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOLDGATE_SIGNING_KEY", "change-me")
+    with pytest.raises(ConfigError, match="holdgate keys generate"):
+        Settings.from_env()
 
 
 def test_guard_spec_binds_arguments_by_name() -> None:
@@ -92,12 +111,20 @@ def _allow(request: ActionRequest, **changes: object) -> Verdict:
     return replace(verdict, **changes)  # type: ignore[arg-type]
 
 
+def _received(verdict: Verdict, signer: Signer | None = SIGNER,
+              tamper: bool = False) -> tuple[str | None, Verdict | Failure]:
+    value = encode(verdict)
+    headers = sign_headers(signer, value) if signer is not None else ()
+    if tamper:
+        value = value.replace(b'"p1"', b'"p2"')
+    return parse_record(value, headers, TRUST)
+
+
 def test_valid_signed_allow_passes() -> None:
     request = _request()
-    verdict = sign(_allow(request), KEY)
-    assert verify_verdict(verdict, request, KEY, time.time()) is verdict
-    # no key configured: the signature is not required (documented, logged by the Gate)
-    assert verify_verdict(_allow(request), request, None, time.time()).allowed
+    _, verdict = _received(_allow(request))
+    assert isinstance(verdict, Verdict) and verdict.key_id == SIGNER.key_id
+    assert verify_verdict(verdict, request, time.time()) is verdict
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -105,28 +132,52 @@ def test_valid_signed_allow_passes() -> None:
     ({"agent_id": "bot-2"}, "agent"),
     ({"action_digest": "sha256:00"}, "digest mismatch"),
     ({"expires_at": 1.0}, "expired"),
-    ({"signature": None}, "unsigned"),
-    ({"signature": "hmac-sha256:beef"}, "does not verify"),
     ({"expires_at": "never"}, "could not be checked"),
+    ({"decided_at": 4e9}, "after the deadline"),
 ])
 def test_bad_allow_becomes_invalid_verdict(change: dict[str, object], message: str) -> None:
-    request = _request()
-    signed = sign(_allow(request), KEY)
-    if "signature" not in change:    # sign after the change, so only that check can fail
-        signed = sign(_allow(request, **change), KEY)
-    else:
-        signed = replace(signed, **change)  # type: ignore[arg-type]
-    verdict = verify_verdict(signed, request, KEY, time.time())
+    request = replace(_request(), deadline=time.time() + 60)
+    _, signed = _received(_allow(request, **change))       # validly signed: only `change` fails
+    assert isinstance(signed, Verdict)
+    verdict = verify_verdict(signed, request, time.time())
     assert verdict.decision == "deny" and verdict.codes == [INVALID_VERDICT]
     assert message in verdict.reasons[0].message
     assert verdict.request_id == request.request_id and verdict.policy_version == "local"
+
+
+@pytest.mark.parametrize(("signer", "tamper", "message"), [
+    (None, False, "unsigned"),
+    (Signer.generate(), False, "unknown key"),
+    (SIGNER, True, "does not verify"),
+])
+def test_an_allow_without_a_trusted_signature_is_refused(signer: Signer | None, tamper: bool,
+                                                         message: str) -> None:
+    request = _request()
+    rid, result = _received(_allow(request), signer, tamper)
+    assert rid == request.request_id and isinstance(result, Failure)
+    assert result.code == INVALID_VERDICT and message in result.message
+
+
+def test_key_rotation_old_and_new_keys_both_verify() -> None:
+    old, new = Signer.generate(), Signer.generate()
+    trust = TrustStore([old.public_key, new.public_key])
+    request = _request()
+    for signer in (old, new):
+        value = encode(_allow(request))
+        _, verdict = parse_record(value, sign_headers(signer, value), trust)
+        assert isinstance(verdict, Verdict) and verdict.key_id == signer.key_id
+    retired = TrustStore([new.public_key])                   # the old key rotated out
+    value = encode(_allow(request))
+    assert isinstance(parse_record(value, sign_headers(old, value), retired)[1], Failure)
 
 
 def test_worker_deny_is_returned_as_is_even_unsigned() -> None:
     request = _request()
     deny = _allow(request, decision="deny", reasons=(Reason(NO_PERMIT, "nope"),),
                   action_digest="sha256:other")
-    assert verify_verdict(deny, request, KEY, time.time()) is deny
+    _, received = _received(deny, signer=None)
+    assert received == deny
+    assert verify_verdict(received, request, time.time()) is received  # type: ignore[arg-type]
 
 
 def test_local_deny_is_immediately_expired_and_bound() -> None:
@@ -135,18 +186,19 @@ def test_local_deny_is_immediately_expired_and_bound() -> None:
     assert (verdict.decision, verdict.codes, verdict.policy_version) == ("deny", [TIMEOUT],
                                                                           "local")
     assert verdict.decided_at == verdict.expires_at == 100.0
-    assert verdict.action_digest == request.digest and verdict.signature is None
-    assert not verify_verdict(verdict, request, None, 100.0).allowed
+    assert verdict.action_digest == request.digest and verdict.key_id is None
+    assert not verify_verdict(verdict, request, 100.0).allowed
 
 
 def test_parse_record() -> None:
     request = _request()
     verdict = _allow(request)
-    assert parse_record(encode(verdict)) == (request.request_id, verdict)
-    rid, failure = parse_record(orjson.dumps({"request_id": "r-1", "decision": "allow"}))
+    assert _received(verdict) == (request.request_id, replace(verdict, key_id=SIGNER.key_id))
+    rid, failure = parse_record(orjson.dumps({"request_id": "r-1", "decision": "allow"}), (),
+                                TRUST)
     assert rid == "r-1" and isinstance(failure, Failure) and failure.code == INVALID_VERDICT
-    assert parse_record(b"\xff not json")[0] is None
-    assert parse_record(None)[0] is None
+    assert parse_record(b"\xff not json", (), TRUST)[0] is None
+    assert parse_record(None, (), TRUST)[0] is None
 
 
 # --------------------------------------------------------------------------- hygiene

@@ -14,7 +14,7 @@ from holdgate.errors import ActionDenied
 from holdgate.events import ActionRequest
 from holdgate.policies import PolicyBundle
 from holdgate.settings import Settings
-from holdgate.signing import verify
+from holdgate.signing import read_signature
 from workers import publish_raw
 
 
@@ -28,7 +28,8 @@ def _gate(settings: Settings, agent: str = "support-bot-1") -> Gate:
     return Gate(bootstrap=settings.bootstrap, agent_id=agent, settings=settings)
 
 
-def test_allowed_action_carries_versions_digest_and_signature(gate_env: Settings) -> None:
+def test_allowed_action_carries_versions_digest_and_signature(
+        gate_env: Settings, verdict_keys: dict[str, str]) -> None:
     with _gate(gate_env) as gate:
         v = gate.check(action="tickets.read", resource={"type": "Ticket", "id": "T-1"},
                        timeout=10)
@@ -36,7 +37,7 @@ def test_allowed_action_carries_versions_digest_and_signature(gate_env: Settings
     assert v.codes == ["PERMITTED"] and v.reasons[0].policy_id == "support-tickets"
     assert v.policy_version == PolicyBundle.load(gate_env.policy_path).version
     assert v.request is not None and v.action_digest == ActionRequest.from_obj(v.request).digest
-    assert verify(v, gate_env.key_bytes or b"")
+    assert v.key_id == verdict_keys["key_id"]          # the SDK verified the worker's signature
     assert v.expires_at > v.decided_at
 
 
@@ -153,3 +154,93 @@ def test_raw_request_from_another_runtime_is_decided(gate_env: Settings) -> None
     part, obj = found
     assert part == partition_for("audit-bot-1", gate_env.partitions)
     assert obj["decision"] == "allow" and obj["reasons"][0]["policy_id"] == "auditor-read-all"
+
+
+def test_a_verdict_verifies_outside_python_with_openssl(gate_env: Settings, tmp_path: Any,
+                                                        verdict_keys: dict[str, str]) -> None:
+    """An executor in any language: the public key, the record value, the hg-sig header."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    req = ActionRequest.create(agent_id="support-bot-1", action="tickets.read",
+                               resource={"type": "Ticket", "id": "T-9"})
+    found = publish_raw(gate_env, req)
+    assert found is not None
+    consumer = KafkaConsumer(bootstrap_servers=gate_env.bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    tp = TopicPartition(gate_env.verdicts_topic, found[0])
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    record = None
+    deadline = time.monotonic() + 20
+    while record is None and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=500).values():
+            record = next((r for r in recs if req.request_id.encode() in r.value), record)
+    consumer.close()
+    assert record is not None
+    key_id, signature = read_signature(record.headers)
+    assert key_id == verdict_keys["key_id"] and signature is not None
+    (tmp_path / "value.bin").write_bytes(record.value)
+    (tmp_path / "sig.bin").write_bytes(signature)
+    cmd = [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", verdict_keys["trusted_keys"],
+           "-rawin", "-in", str(tmp_path / "value.bin"), "-sigfile", str(tmp_path / "sig.bin")]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0 and "Verified Successfully" in ok.stdout, ok.stdout + ok.stderr
+    (tmp_path / "value.bin").write_bytes(record.value.replace(b'"allow"', b'"allOw"'))
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode != 0                       # one changed byte: no longer verifies
+
+
+def test_a_verdict_forged_straight_onto_the_topic_is_refused(gate_settings: Settings) -> None:
+    """No worker runs; a runtime writes itself an allow, signed with its own key."""
+    from holdgate.keys import Signer
+    from holdgate.signing import sign_headers
+
+    agent = "support-bot-1"
+    with _gate(gate_settings, agent) as gate:
+        forger = Signer.generate()
+        producer = KafkaProducer(bootstrap_servers=gate_settings.bootstrap)
+
+        def forge(record: Any) -> None:
+            obj = orjson.loads(record.value)
+            verdict = {"schema_version": 1, "request_id": obj["request_id"], "agent_id": agent,
+                       "decision": "allow", "reasons": [{"code": "PERMITTED", "message": "",
+                                                         "policy_id": None}],
+                       "policy_version": "forged", "model_version": None, "signals": {},
+                       "action_digest": "sha256:" + __import__("hashlib").sha256(
+                           record.value).hexdigest(),
+                       "decided_at": time.time(), "expires_at": time.time() + 30,
+                       "request": obj}
+            value = orjson.dumps(verdict)
+            producer.send(gate_settings.verdicts_topic, value=value, key=agent.encode(),
+                          partition=record.partition, headers=list(sign_headers(forger, value)))
+            producer.flush()
+
+        watcher = KafkaConsumer(bootstrap_servers=gate_settings.bootstrap,
+                                enable_auto_commit=False)
+        tp = TopicPartition(gate_settings.actions_topic, partition_for(agent, 2))
+        watcher.assign([tp])
+        watcher.seek_to_end(tp)
+        watcher.position(tp)
+        import threading
+
+        def answer() -> None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for recs in watcher.poll(timeout_ms=200).values():
+                    for r in recs:
+                        forge(r)
+                        return
+
+        t = threading.Thread(target=answer)
+        t.start()
+        v = gate.check(action="tickets.read", resource={"type": "Ticket", "id": "T-1"},
+                       timeout=8)
+        t.join()
+        watcher.close()
+        producer.close()
+    assert not v.allowed and v.codes == ["INVALID_VERDICT"]
+    assert "unknown key" in v.reasons[0].message

@@ -44,7 +44,8 @@ def _essence(v: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> dict[str, Any]:
+def history(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str,
+            verdict_keys: dict[str, str]) -> dict[str, Any]:
     """A live run with allows and behavioural denies, decided by a real worker."""
     import uuid
 
@@ -53,7 +54,9 @@ def history(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> d
     settings = Settings(bootstrap=kafka_bootstrap, app_id=f"hg-replay-{tag}",
                         actions_topic=f"r{tag}.actions", verdicts_topic=f"r{tag}.verdicts",
                         deadletter_topic=f"r{tag}.deadletter", partitions=2,
-                        datadir=str(tmp / "worker"), signing_key="k").validated()
+                        datadir=str(tmp / "worker"),
+                        signing_key_file=verdict_keys["signing_key_file"],
+                        trusted_keys=verdict_keys["trusted_keys"]).validated()
     from holdgate.topics import ensure_topics
 
     ensure_topics(settings)

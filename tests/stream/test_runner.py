@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from holdgate.events import ActionRequest, encode
+from holdgate.keys import Signer
 from holdgate.models import SignalComputer, SignalConfig
 from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
 from holdgate.routing import partition_for
@@ -15,6 +16,7 @@ from holdgate.stream import BatchOutput, MemoryStore, RawRecord, Runner, Snapsho
 from holdgate.stream.marks import MARK_KEY, PartitionMark
 
 PARTS = 4
+SIGNER = Signer.generate()
 T0 = 1_790_000_000.0
 
 
@@ -32,7 +34,7 @@ class Pipeline:
         snapshot = Snapshot(engine=engine, policy_version="v", signals=SignalComputer(),
                             recovery_hold=hold, partitions=PARTS)
         self.runner = Runner(snapshot=snapshot, store=self.store, partitions=PARTS,
-                             signing_key=b"k")
+                             signer=SIGNER)
         self.now = T0
 
     def agent_state(self, agent: str) -> bytes | None:
