@@ -15,6 +15,10 @@ disagree with them:
   counters are whole again.  ``hold_pending`` starts the hold at the first
   action seen after the loss, on event time, so a replay holds identically.
 * ``event_time``: the latest event time seen, the clock of idle eviction.
+* ``seq``: the next verdict sequence number of this partition.  Every verdict
+  the partition's own batches publish to the same partition number gets the
+  next one (in the same transaction as the mark), so an audit export can tell
+  a removed or reordered verdict from the signed verdicts alone.
 """
 from __future__ import annotations
 
@@ -35,10 +39,12 @@ class PartitionMark:
     hold_until: float = 0.0
     hold_pending: bool = False
     event_time: float = 0.0
+    seq: int = 0
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({"next_offset": self.next_offset, "hold_until": self.hold_until,
-                             "hold_pending": self.hold_pending, "event_time": self.event_time})
+                             "hold_pending": self.hold_pending, "event_time": self.event_time,
+                             "seq": self.seq})
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PartitionMark | None:
@@ -49,7 +55,7 @@ class PartitionMark:
             return cls(next_offset=None if offset is None else int(offset),
                        hold_until=float(obj["hold_until"]),
                        hold_pending=bool(obj["hold_pending"]),
-                       event_time=float(obj["event_time"]))
+                       event_time=float(obj["event_time"]), seq=int(obj.get("seq", 0)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
@@ -99,6 +105,12 @@ class PartitionMarks:
         """State of the partition is known lost: hold from its next action on."""
         self.get(partition).hold_pending = True
         self.dirty.add(partition)
+
+    def next_seq(self, partition: int) -> int:
+        mark = self.get(partition)
+        seq, mark.seq = mark.seq, mark.seq + 1
+        self.dirty.add(partition)
+        return seq
 
     def advance(self, partition: int, next_offset: int) -> None:
         mark = self.get(partition)

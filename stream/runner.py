@@ -106,7 +106,9 @@ class Runner:
                         "already decided for this agent; not decided again",
                         worker=self.worker_id, received_at=decided_at))
                     continue
-            self._emit(decision, raw, decided_at, out)
+            seq = marks.next_seq(raw.partition) if raw.offset is not None and \
+                decision.partition == raw.partition else None
+            self._emit(decision, raw, decided_at, out, seq)
         out.writes = states.writes()
         for partition, blob in marks.written().items():
             out.writes.setdefault(partition, {})[MARK_KEY] = blob
@@ -118,12 +120,12 @@ class Runner:
         return out
 
     def _emit(self, decision: Decision, raw: RawRecord, decided_at: float,
-              out: BatchOutput) -> None:
+              out: BatchOutput, seq: int | None = None) -> None:
         out.decisions.append(decision)
         if self.sealing:
             at = raw.decided_at if raw.decided_at is not None else decided_at
             out.verdicts.append(seal(decision, decided_at=at, ttl=self.verdict_ttl,
-                                     signer=self.signer))
+                                     signer=self.signer, seq=seq))
         if decision.allowed:
             out.allowed += 1
         else:

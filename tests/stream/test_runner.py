@@ -229,3 +229,16 @@ def test_idle_agents_are_forgotten_on_event_time_and_swept(engine: PolicyEngine)
     back = _req("support-bot-1", "tickets.read", "Ticket", "T-1", T0 + 701, 4)
     [v] = _verdicts(pipe.run([pipe.record(back)]))
     assert v["signals"]["new_action"] == 1 and v["signals"]["rate_1h"] == 1
+
+
+def test_verdicts_are_numbered_per_partition_across_batches(engine: PolicyEngine) -> None:
+    pipe = Pipeline(engine)
+    reqs = [_req(a, "tickets.read", "Ticket", f"T-{i}", T0 + i, i)
+            for i, a in enumerate(["support-bot-1", "support-bot-2", "audit-bot-1"] * 4)]
+    seqs: dict[int, list[int]] = {}
+    for chunk in (reqs[:5], reqs[5:7], reqs[7:]):
+        out = pipe.run([pipe.record(r) for r in chunk])
+        for v in out.verdicts:
+            seqs.setdefault(v.partition, []).append(orjson.loads(v.value)["seq"])
+    assert all(s == list(range(len(s))) for s in seqs.values()) and sum(map(len,
+                                                                            seqs.values())) == 12
