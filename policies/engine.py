@@ -4,6 +4,22 @@ This is the worker's hot path, so a micro-batch costs one
 ``cedarpy.is_authorized_batch`` call against handles parsed at bundle load;
 only the per-batch resource entities are parsed per call.
 
+A decision is a function of the request (and the bundle) alone, never of its
+batch neighbours: the worker's batches differ from a replay's.  Requests in
+one call share one set of added resource entities, so they are grouped
+(``PolicyEngine._assign``) such that none can see another's:
+
+* a resource without attributes needs no entity, and never joins a group that
+  holds another request's entity for the same uid (nor the reverse);
+* when some policy reads attributes of an entity other than the request's own
+  resource (``Ticket::"T-1".priority``, ``context.ref.x``, ``principal.t.x``:
+  the projection then marks every resource attribute as read), a request that
+  describes its resource is evaluated in a call of its own, and so is any
+  request whose data holds a Cedar escape (``__entity``, ...).
+
+The common case (resources without attributes, or bundles that read only the
+request's own resource) stays one call per batch.
+
 Rules on top of Cedar's (default deny, forbid wins):
 
 * Unknown agents and undeclared resource types are denied before Cedar: the
@@ -36,7 +52,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cedarpy
 import orjson
@@ -78,10 +94,25 @@ def _deny(code: str, message: str, policy_id: str | None = None) -> PolicyDecisi
 
 @dataclass(slots=True)
 class _Group:
-    """Requests that can share one entity delta (no uid with two attribute sets)."""
+    """Requests that share one Cedar call and one entity delta without seeing each
+    other's: no uid with two attribute sets, and no uid both in the delta and asked
+    about without attributes (`bare`)."""
 
     delta: dict[Uid, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    bare: set[Uid] = field(default_factory=set)
     members: list[tuple[int, dict[str, Any], Uid]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Groups:
+    """One batch's Cedar calls: groups requests may share, and requests evaluated alone."""
+
+    shared: list[_Group] = field(default_factory=list)
+    alone: list[_Group] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[_Group]:
+        yield from self.shared
+        yield from self.alone
 
 
 class PolicyEngine:
@@ -93,7 +124,7 @@ class PolicyEngine:
 
     __slots__ = ("_bundle", "_policy_set", "_entities", "_known_uids", "_agents",
                  "_types", "_infos", "_signal_names", "_rank", "_permit", "_forbid", "_cache",
-                 "_results", "_cuts", "_projection", "caching", "hits", "misses")
+                 "_results", "_cuts", "_projection", "_apart", "caching", "hits", "misses")
 
     def __init__(self, bundle: PolicyBundle, *, caching: bool = True) -> None:
         self._bundle = bundle
@@ -116,6 +147,10 @@ class PolicyEngine:
         self._results: dict[tuple[Any, ...], PolicyDecision] = {}
         names = bundle.signals_read if bundle.signals_read is not None else SIGNAL_NAMES
         self._projection = bundle.projection
+        # Some policy may read another entity's attributes, which may be a neighbour's
+        # resource: the projection then counts every resource attribute as read (it
+        # does so too when `resource` is used whole: a cheap over-approximation).
+        self._apart = bundle.projection.resource_attrs is None
         self._cuts = tuple((name, bundle.projection.signal_cuts.get(name)) for name in names)
         self.caching = caching
         self.hits = 0
@@ -144,7 +179,7 @@ class PolicyEngine:
                     ) -> list[PolicyDecision]:
         """Decisions for ``items`` in order: pre-checks, cache, one Cedar call per entity group."""
         results: list[PolicyDecision | None] = [None] * len(items)
-        groups: list[_Group] = []
+        groups = _Groups()
         keys: list[tuple[Any, ...] | None] = [None] * len(items)
         first: dict[tuple[Any, ...], int] = {}
         twins: list[tuple[int, int]] = []
@@ -153,8 +188,9 @@ class PolicyEngine:
                 results[index] = self._precheck(request)
                 if results[index] is not None:
                     continue
+                escaped = self._escaped(request)
                 if self.caching:
-                    key = keys[index] = self._key(request, signals)
+                    key = keys[index] = self._key(request, signals, escaped)
                     hit = self._results.get(key)
                     if hit is not None:
                         self.hits += 1
@@ -165,7 +201,7 @@ class PolicyEngine:
                         continue
                     first[key] = index
                     self.misses += 1
-                self._assign(groups, index, request, signals)
+                self._assign(groups, index, request, signals, escaped)
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
                 results[index] = _deny(codes.POLICY_ERROR, f"cannot build Cedar request: {exc}")
         for group in groups:
@@ -189,9 +225,10 @@ class PolicyEngine:
                                               for r in answer.reasons):
                     # Errors are not shared (their message may name the request's own
                     # data): evaluate on its own, as the uncached engine would.
-                    retry: list[_Group] = []
+                    retry = _Groups()
                     try:
-                        self._assign(retry, index, *items[index])
+                        request, signals = items[index]
+                        self._assign(retry, index, request, signals, self._escaped(request))
                         for group in retry:
                             self._evaluate(group, items, results)
                     except Exception as exc:  # noqa: BLE001 - as in the first pass
@@ -202,8 +239,11 @@ class PolicyEngine:
         return [r if r is not None else _deny(codes.POLICY_ERROR, "no decision was produced")
                 for r in results]
 
-    def _key(self, request: ActionRequest, signals: Mapping[str, int]) -> tuple[Any, ...]:
-        """What the bundle can observe of this request (see holdgate.policies.projection)."""
+    def _key(self, request: ActionRequest, signals: Mapping[str, int],
+             escaped: bool) -> tuple[Any, ...]:
+        """What the bundle can observe of this request (see holdgate.policies.projection).
+
+        `escaped`: whether the request's data holds a Cedar escape (`_escaped`)."""
         p = self._projection
         resource = request.resource
         uid = (resource.type, resource.id)
@@ -220,8 +260,7 @@ class PolicyEngine:
         # A Cedar escape anywhere in the request's own data can fail the request
         # (`__extn`, `__expr`) or name an entity (`__entity`) where no policy looks:
         # key such a request by all of its data.
-        if context and b'"__' in orjson.dumps(context) or \
-                attributes and b'"__' in orjson.dumps(attributes):
+        if escaped:
             return (request.agent_id, request.action, resource.type, resource.id,
                     known or bool(attributes), _project(attributes or {}, None),
                     _project(context, None), observed, "escaped")
@@ -235,6 +274,16 @@ class PolicyEngine:
                 known or bool(attributes), attrs, projected, observed)
 
     # ------------------------------------------------------------ internals --
+
+    def _escaped(self, request: ActionRequest) -> bool:
+        """Whether the request's data that reaches Cedar holds a Cedar escape
+        (``__entity``, ``__extn``, ``__expr``; the attributes of a stored resource
+        never reach Cedar)."""
+        context, resource = request.context, request.resource
+        attributes = resource.attributes
+        return bool(context and b'"__' in orjson.dumps(context)
+                    or attributes and (resource.type, resource.id) not in self._known_uids
+                    and b'"__' in orjson.dumps(attributes))
 
     def _precheck(self, request: ActionRequest) -> PolicyDecision | None:
         if request.agent_id not in self._agents:
@@ -254,9 +303,17 @@ class PolicyEngine:
             return record
         return {name: int(signals.get(name, 0)) for name in self._signal_names}
 
-    def _assign(self, groups: list[_Group], index: int, request: ActionRequest,
-                signals: Mapping[str, int]) -> None:
-        """Build the Cedar request and put it in the first group it fits."""
+    def _assign(self, groups: _Groups, index: int, request: ActionRequest,
+                signals: Mapping[str, int], escaped: bool) -> None:
+        """Build the Cedar request and put it where no neighbour can change its answer.
+
+        Only requests that describe a resource the store does not hold add an entity.
+        Such an entity must not be seen by any other request of its group: not by one
+        asking about the same uid without attributes (Cedar would read a neighbour's
+        attributes as the resource's own), nor, when a policy reads other entities'
+        attributes or a request holds an escape, by anyone (``Ticket::"T-1".priority``
+        would read a neighbour's T-1): then those requests get a call of their own.
+        """
         resource = request.resource
         context = dict(request.context)
         context["signals"] = self._signals_record(signals or {})
@@ -268,26 +325,46 @@ class PolicyEngine:
             "context": orjson.dumps(context).decode(),
         }
         uid = (resource.type, resource.id)
+        member = (index, cedar_request, uid)
         # entities.json is authoritative; and a resource without attributes needs no
         # entity at all (Cedar treats a missing entity like one without attributes),
         # which spares the per-batch delta whose cost grows with the entity store.
-        if uid in self._known_uids or not resource.attributes:
-            if not groups:
-                groups.append(_Group())
-            groups[0].members.append((index, cedar_request, uid))
+        described = bool(resource.attributes) and uid not in self._known_uids
+        if escaped or described and self._apart:
+            group = _Group()
+            if described:
+                group.delta[uid] = (b"", self._entity(uid, resource.attributes))
+            group.members.append(member)
+            groups.alone.append(group)
             return
-        key = orjson.dumps(resource.attributes, option=orjson.OPT_SORT_KEYS)
-        for group in groups:
+        shared = groups.shared
+        if not described:
+            for group in shared:
+                if uid not in group.delta:
+                    break
+            else:
+                group = _Group()
+                shared.append(group)
+            group.bare.add(uid)
+            group.members.append(member)
+            return
+        key = orjson.dumps(resource.attributes, option=_SORTED)
+        for group in shared:
+            if uid in group.bare:
+                continue
             existing = group.delta.get(uid)
             if existing is None or existing[0] == key:
                 break
         else:
             group = _Group()
-            groups.append(group)
+            shared.append(group)
         if uid not in group.delta:
-            group.delta[uid] = (key, {"uid": {"type": uid[0], "id": uid[1]},
-                                      "attrs": resource.attributes, "parents": []})
-        group.members.append((index, cedar_request, uid))
+            group.delta[uid] = (key, self._entity(uid, resource.attributes))
+        group.members.append(member)
+
+    @staticmethod
+    def _entity(uid: Uid, attributes: Mapping[str, Any]) -> dict[str, Any]:
+        return {"uid": {"type": uid[0], "id": uid[1]}, "attrs": attributes, "parents": []}
 
     def _evaluate(self, group: _Group, items: Sequence[tuple[ActionRequest, Any]],
                   results: list[PolicyDecision | None]) -> None:
