@@ -51,6 +51,7 @@ BUNDLE_FILES = (POLICY_FILE, SCHEMA_FILE, ENTITIES_FILE)
 #: Every request's principal is ``Agent::"<agent_id>"``.
 PRINCIPAL_TYPE = "Agent"
 _CONTEXT_SIGNALS = CONTEXT_SIGNALS
+_CONTEXT = {"Var": "context"}
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -330,7 +331,9 @@ def _signals_read(est: dict[str, Any], where: str) -> tuple[str, ...] | None:
     Cedar parses every context field on every request (about 1 µs each), so
     the engine sends only the signals some policy reads.  That is invisible to
     policies as long as they only ever read ``context.signals.<name>``; any
-    other use of the record (``has``, ``==``, ...) gets the full record.
+    other use of the record (``has``, ``==``, ...) or of ``context`` as a whole
+    (``(if c then context else context).signals.x``, ``[context]``) gets the
+    full record, as in :func:`holdgate.policies.projection.project`.
     """
     reads: set[str] = set()
     whole = False
@@ -342,9 +345,17 @@ def _signals_read(est: dict[str, Any], where: str) -> tuple[str, ...] | None:
             if isinstance(dot, dict) and dot.get("left") == _CONTEXT_SIGNALS:
                 reads.add(dot.get("attr", ""))
                 return
-            if node == _CONTEXT_SIGNALS:
+            if node == _CONTEXT_SIGNALS or node == _CONTEXT:
                 whole = True
                 return
+            if len(node) == 1:
+                (op, body), = node.items()
+                if op in (".", "has") and isinstance(body, dict) \
+                        and body.get("left") == _CONTEXT and isinstance(body.get("attr"), str):
+                    # context.<key> or `context has <key>`: no signal, unless the key
+                    # is the record itself (`context has signals`, as the projection).
+                    whole = whole or body["attr"] == "signals"
+                    return
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):

@@ -388,10 +388,6 @@ def make_atom_bundle(group: str, index: int, seed: int) -> Generated:
                f'{rng.choice(["when", "unless"])} {{ {gen.groups[group][index]()} }};\n'
         if effect == "forbid":       # something to forbid
             text += '@id("p1")\npermit (principal, action, resource);\n'
-        # Read every signal directly, so that reads through other paths find them
-        # in the record (the engine sends only signals read as context.signals.<name>).
-        text += '@id("p2")\nforbid (principal, action, resource) when { ' + " && ".join(
-            f"context.signals.{name} == -100" for name in SIGS) + " };\n"
         if cedarpy.validate_policies(text, _SCHEMA).validation_passed:
             break
     bundle = PolicyBundle.from_sources(policy=text, schema=SCHEMA,
@@ -851,6 +847,20 @@ def test_a_twin_of_a_request_that_cannot_be_built_is_denied_not_raised() -> None
     request = _req("Ticket", "T-1")
     decisions = _agree(bundle, [(request, {"rate_1s": 2**64}), (request, {"rate_1s": 2**65})])
     assert [d.codes for d in decisions] == [[codes.POLICY_ERROR]] * 2
+
+
+@pytest.mark.parametrize("condition", [
+    "(if context has level then context else context).signals.anomaly > 5",
+    '{"c": context}.c.signals.anomaly > 5',
+])
+def test_signals_read_through_the_whole_context_are_sent(condition: str) -> None:
+    # No policy reads context.signals.anomaly as such: the record must be sent whole,
+    # or Cedar finds no `anomaly` and the request fails.
+    bundle = _bundle(f'@id("p") permit (principal, action, resource) when {{ {condition} }};')
+    assert bundle.signals_read is None
+    request = _req("Ticket", "T-1")
+    decisions = _agree(bundle, [(request, {"anomaly": 9})], [(request, {"anomaly": 5})])
+    assert [d.codes for d in decisions] == [[codes.PERMITTED], [codes.NO_PERMIT]]
 
 
 # ---------------------------------------------------- batch neighbours --
