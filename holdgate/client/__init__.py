@@ -9,7 +9,10 @@
             ...
 
 `check()` returns a `Verdict` and never raises for a deny, a timeout or an
-unreachable gate: those are denies (fail closed).  `guard()` turns a deny into
+unreachable gate: those are denies (fail closed).  ``check(...,
+with_proof=True)`` returns a `Checked` (the verdict, the action bytes and the
+worker's signed record) for an executor that verifies on its own
+(`holdgate.executor`).  `guard()` turns a deny into
 `ActionDenied`.  `AsyncGate` is the asyncio twin; it is imported lazily so that
 sync users never load aiokafka.  Importing this package never imports faust,
 numpy, scikit-learn or cedarpy.
@@ -17,12 +20,13 @@ numpy, scikit-learn or cedarpy.
 Layout: `core` is the protocol with no I/O (`steps` its vocabulary), which
 `sync.Gate` (threads, `baton`) and `aio.AsyncGate` drive over a transport
 (`transport`: the seam; `kafka_sync`, `kafka_async`: kafka-python and aiokafka;
-`mock`: an in-memory broker for tests).  `verify` and `routing` are shared.
+`mock`: an in-memory broker for tests).  `verify`, `routing` and `proof` are shared.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from holdgate.client.proof import Checked, SignedVerdict
 from holdgate.client.routing import partition_for
 from holdgate.client.sync import Gate
 from holdgate.client.verify import local_deny, verify_verdict
@@ -30,7 +34,8 @@ from holdgate.client.verify import local_deny, verify_verdict
 if TYPE_CHECKING:  # pragma: no cover
     from holdgate.client.aio import AsyncGate
 
-__all__ = ["Gate", "AsyncGate", "local_deny", "verify_verdict", "partition_for"]
+__all__ = ["Gate", "AsyncGate", "local_deny", "verify_verdict", "partition_for", "Checked",
+           "SignedVerdict"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,10 +18,11 @@ import asyncio
 import functools
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, TypeVar, overload
 
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_async import AioKafkaTransport
+from holdgate.client.proof import Checked, checked
 from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.steps import Deny, Pending, Step, Work
 from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport,
@@ -125,16 +126,32 @@ class AsyncGate:
         await self.close()
 
     # ------------------------------------------------------------------ public API
+    @overload
+    async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
+                    context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
+                    agent_id: str | None = ...,
+                    with_proof: Literal[False] = ...) -> Verdict: ...
+    @overload
+    async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
+                    context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
+                    agent_id: str | None = ..., with_proof: Literal[True]) -> Checked: ...
+
     async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
                     context: Mapping[str, Any] | None = None, timeout: float | None = None,
-                    agent_id: str | None = None) -> Verdict:
+                    agent_id: str | None = None,
+                    with_proof: bool = False) -> Verdict | Checked:
         """Publish the action and await its verified verdict; any failure is a deny.
 
-        Raises only for caller bugs: `ValidationError` for an action that breaks
-        the wire schema, `ConfigError` when no agent id is known.
+        With `with_proof`, a `Checked` (see `Gate.check`).  Raises only for
+        caller bugs: `ValidationError` for an action that breaks the wire
+        schema, `ConfigError` when no agent id is known.
         """
         p = self._core.begin(action=action, resource=resource, context=context,
                              timeout=timeout, agent_id=agent_id)
+        verdict = await self._check(p)
+        return checked(p, verdict) if with_proof else verdict
+
+    async def _check(self, p: Pending) -> Verdict:
         clock = self._core.clock
         p.waker = asyncio.get_running_loop().create_future()
         await self.start()

@@ -187,7 +187,7 @@ class GateCore:
             if p is None:
                 self._stats["ignored"] += 1       # another gate's, or late after a timeout
                 continue
-            p.result = result
+            p.result, p.record = result, (raw, headers)
             self._stats["verdicts"] += 1
             woken.append(p)
         return woken

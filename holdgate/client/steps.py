@@ -72,7 +72,7 @@ class Pending:
     """
 
     __slots__ = ("request", "value", "key", "digest", "timeout", "deadline", "partition",
-                 "producer", "acked", "result", "waker")
+                 "producer", "acked", "result", "record", "waker")
 
     def __init__(self, request: ActionRequest, value: bytes, timeout: float,
                  deadline: float) -> None:
@@ -83,6 +83,8 @@ class Pending:
         self.producer: Any = None
         self.acked = False
         self.result: Verdict | Failure | None = None
+        #: The verdict record (value, headers) that resolved it, for `check(with_proof=True)`.
+        self.record: tuple[bytes | None, tuple[tuple[str, bytes], ...]] | None = None
         self.waker: Any = None
 
     @property

@@ -20,11 +20,12 @@ import functools
 import inspect
 import logging
 import threading
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar, overload
 
 from holdgate.client.baton import Baton
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_sync import KafkaTransport
+from holdgate.client.proof import Checked, checked
 from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.steps import Deny, Pending, Send, Step, Work
 from holdgate.client.transport import (Received, ClientTimeouts, Consumer, Producer, Transport,
@@ -79,16 +80,31 @@ class Gate:
         self._thread.start()
 
     # ------------------------------------------------------------------ public API
+    @overload
+    def check(self, *, action: str, resource: Resource | Mapping[str, Any],
+              context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
+              agent_id: str | None = ..., with_proof: Literal[False] = ...) -> Verdict: ...
+    @overload
+    def check(self, *, action: str, resource: Resource | Mapping[str, Any],
+              context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
+              agent_id: str | None = ..., with_proof: Literal[True]) -> Checked: ...
+
     def check(self, *, action: str, resource: Resource | Mapping[str, Any],
               context: Mapping[str, Any] | None = None, timeout: float | None = None,
-              agent_id: str | None = None) -> Verdict:
+              agent_id: str | None = None, with_proof: bool = False) -> Verdict | Checked:
         """Publish the action and wait for its verified verdict; any failure is a deny.
 
-        Raises only for caller bugs: `ValidationError` for an action that breaks
-        the wire schema, `ConfigError` when no agent id is known.
+        `with_proof`: a `Checked` (the verdict, the action bytes, the worker's
+        signed record) for an executor to verify itself (`holdgate.executor`).
+        Raises only for caller bugs: `ValidationError` for an action that
+        breaks the wire schema, `ConfigError` when no agent id is known.
         """
         p = self._core.begin(action=action, resource=resource, context=context,
                              timeout=timeout, agent_id=agent_id)
+        verdict = self._check(p)
+        return checked(p, verdict) if with_proof else verdict
+
+    def _check(self, p: Pending) -> Verdict:
         p.waker = threading.Event()
         with self._lock:
             while (admission := self._core.admit(p)) is None:

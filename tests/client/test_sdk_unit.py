@@ -26,7 +26,7 @@ TRUST = TrustStore([SIGNER.public_key])
 
 def test_public_api() -> None:
     assert client.__all__ == ["Gate", "AsyncGate", "local_deny", "verify_verdict",
-                              "partition_for"]
+                              "partition_for", "Checked", "SignedVerdict"]
     assert client.AsyncGate.__name__ == "AsyncGate"
 
 
