@@ -12,7 +12,7 @@ __all__ = [
     "UNKNOWN_AGENT", "UNKNOWN_RESOURCE_TYPE", "TIMEOUT", "UNAVAILABLE",
     "STATE_RECOVERING", "CLOCK_SKEW", "RATE_LIMIT", "REPETITION", "FANOUT",
     "ANOMALY", "INVALID_VERDICT", "INTERNAL_ERROR", "SUSPENDED", "EXPIRED", "TOO_LARGE",
-    "DUPLICATE_REQUEST",
+    "DUPLICATE_REQUEST", "REVOKED",
 ]
 
 PERMITTED = "PERMITTED"                  # a permit policy matched and no forbid did
@@ -32,7 +32,8 @@ FANOUT = "FANOUT"
 ANOMALY = "ANOMALY"
 INVALID_VERDICT = "INVALID_VERDICT"      # SDK: verdict failed signature/digest/expiry checks
 INTERNAL_ERROR = "INTERNAL_ERROR"        # worker bug caught at the batch boundary
-SUSPENDED = "SUSPENDED"                  # operator kill switch
+SUSPENDED = "SUSPENDED"                  # operator kill switch: actions, agents or roles paused
+REVOKED = "REVOKED"                      # operator kill switch: the agent is revoked
 EXPIRED = "EXPIRED"                      # decided after the runtime's deadline: never an allow
 TOO_LARGE = "TOO_LARGE"                  # action record above the configured size limit
 DUPLICATE_REQUEST = "DUPLICATE_REQUEST"  # dead letter: a request_id already decided for the agent

@@ -8,7 +8,7 @@ must not be readable by others.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,12 +29,15 @@ class Settings:
     actions_topic: str = "holdgate.actions"
     verdicts_topic: str = "holdgate.verdicts"
     deadletter_topic: str = "holdgate.deadletter"
+    control_topic: str = "holdgate.control"
     partitions: int = 4
     replication_factor: int = 1
     policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
     model: str = ""                 # fitted baseline model folder (holdgate fit); empty: none
     signing_key_file: str = ""      # worker: Ed25519 private key (holdgate keys generate)
     trusted_keys: str = ""          # SDK/executor/tools: public key files or folders, comma list
+    operator_keys: str = ""         # worker: public keys whose control records it obeys
+    operator_key_file: str = ""     # CLI: the operator's private key (revoke, suspend)
     verdict_ttl: float = 30.0       # seconds an allow stays actionable
     batch_max: int = 256            # micro-batch size cap
     batch_within: float = 0.002     # seconds to wait filling a micro-batch
@@ -48,6 +51,16 @@ class Settings:
     log_level: str = "warning"
     max_action_bytes: int = 65_536  # larger action records are denied TOO_LARGE
     instance_id: str = ""           # static group membership id; empty: host + datadir
+    # How every Kafka client authenticates: holdgate.kafka_options turns these into
+    # kafka-python's and aiokafka's keyword arguments; docs/acls.md lists the ACLs.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "PLAIN"   # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)
+    sasl_username: str = ""         # the Kafka principal, e.g. worker -> User:worker
+    sasl_password: str = field(default="", repr=False)  # secret: never in repr or logs
+    sasl_password_file: str = ""    # or: a file whose first line is the password
+    ssl_cafile: str = ""            # CA bundle that signed the brokers' certificates
+    ssl_certfile: str = ""          # client certificate (mutual TLS), may hold the key too
+    ssl_keyfile: str = ""           # its private key, if in a file of its own
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,9 +96,11 @@ class Settings:
         if not 1024 <= self.max_action_bytes <= 512 * 1024:
             # a verdict embeds its action; it must stay far below the broker's message limit
             raise ConfigError("max_action_bytes must be between 1024 and 524288")
-        topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic}
-        if len(topics) != 3:
-            raise ConfigError("actions, verdicts and deadletter topics must differ")
+        _check_security(self)
+        topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic,
+                  self.control_topic}
+        if len(topics) != 4:
+            raise ConfigError("actions, verdicts, deadletter and control topics must differ")
         return self
 
     def to_env(self) -> dict[str, str]:
@@ -110,6 +125,11 @@ class Settings:
                               "verdicts")
         return load_signer(self.signing_key_file)
 
+    def operators(self) -> TrustStore:
+        """Operator public keys: control records signed by anyone else are ignored."""
+        paths = [p.strip() for p in self.operator_keys.split(",") if p.strip()]
+        return TrustStore.from_paths(paths) if paths else TrustStore()
+
     def trust(self) -> TrustStore:
         """Public keys whose signatures this reader accepts (empty: accepts no allow)."""
         paths = [p.strip() for p in self.trusted_keys.split(",") if p.strip()]
@@ -121,6 +141,35 @@ class Settings:
             return Path(self.policy_dir)
         from importlib.resources import files
         return Path(str(files("holdgate.policies") / "default"))
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_security(s: Settings) -> None:
+    """Refuse half-configured security rather than silently talk plaintext."""
+    if s.security_protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"security_protocol {s.security_protocol!r} is not one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}")
+    if s.security_protocol.startswith("SASL_"):
+        if s.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"sasl_mechanism {s.sasl_mechanism!r} is not one of "
+                              f"{', '.join(SASL_MECHANISMS)}")
+        if not s.sasl_username or not (s.sasl_password or s.sasl_password_file):
+            raise ConfigError(f"security_protocol {s.security_protocol} needs "
+                              "HOLDGATE_SASL_USERNAME and HOLDGATE_SASL_PASSWORD (or "
+                              "HOLDGATE_SASL_PASSWORD_FILE)")
+    elif s.sasl_username or s.sasl_password or s.sasl_password_file:
+        raise ConfigError(f"SASL credentials are set but security_protocol is "
+                          f"{s.security_protocol}; set HOLDGATE_SECURITY_PROTOCOL=SASL_SSL "
+                          "(or SASL_PLAINTEXT) for them to be used")
+    if not s.security_protocol.endswith("SSL") and (s.ssl_cafile or s.ssl_certfile
+                                                    or s.ssl_keyfile):
+        raise ConfigError(f"TLS files are set but security_protocol is {s.security_protocol}; "
+                          "set HOLDGATE_SECURITY_PROTOCOL=SSL (or SASL_SSL) for them to be used")
+    if s.ssl_keyfile and not s.ssl_certfile:
+        raise ConfigError("ssl_keyfile needs the ssl_certfile it belongs to (mutual TLS)")
 
 
 def _coerce(name: str, annotation: Any, raw: str) -> Any:

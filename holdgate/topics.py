@@ -14,6 +14,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from holdgate.errors import ConfigError
+from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 
 __all__ = ["ensure_topics", "partition_counts", "gate_topics"]
@@ -29,6 +30,8 @@ def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
          {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         (settings.verdicts_topic, settings.partitions, {"retention.ms": week}),
         (settings.deadletter_topic, 1, {"retention.ms": week}),
+        # Operator controls: one partition every worker reads whole; the latest per target.
+        (settings.control_topic, 1, {"cleanup.policy": "compact"}),
         # Per-agent state: compacted, so it keeps the latest state of every agent forever.
         (settings.changelog_topic, settings.partitions, {
             "cleanup.policy": "compact", "segment.ms": str(15 * 60 * 1000),
@@ -53,7 +56,8 @@ def ensure_topics(settings: Settings, *, admin: KafkaAdminClient | None = None) 
     """Create missing topics; refuse to run on actions/verdicts partition mismatch."""
     own = admin is None
     admin = admin or KafkaAdminClient(bootstrap_servers=settings.bootstrap,
-                                      client_id=f"{settings.app_id}-admin")
+                                      client_id=f"{settings.app_id}-admin",
+                                      **kafka_python_options(settings))
     try:
         topics = gate_topics(settings)
         existing = set(admin.list_topics())

@@ -11,7 +11,8 @@ snapshot reproduces every recorded decision.
 
 Per action, in order:
 
-1. clock skew: refused before any state is touched (the routing contract, an
+1. operator controls (revoked agents, suspended actions, agents or roles) and
+   clock skew: refused before any state is touched (the routing contract, an
    agent on its own partition, is checked by the decoding edge);
 2. a request id the agent already had decided is a duplicate: no second decision;
 3. the agent's state is loaded (reset when idle longer than ``idle_ttl`` of
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, MutableMapping, Protocol, Sequence
 
 from holdgate import reasons as rc
+from holdgate.controls import Controls
 from holdgate.events import ActionRequest, Decided, Reason
 from holdgate.models.state import AgentState, request_key
 from holdgate.routing import partition_for
@@ -77,6 +79,8 @@ class Snapshot:
     recovery_hold: float = 60.0
     idle_ttl: float = 86_400.0
     partitions: int | None = None      # set: verdicts go to the agent's partition
+    controls: Controls | None = None   # operator kill switch, applied before anything else
+    roles: Mapping[str, str] = field(default_factory=dict)   # agent -> role (entity store)
 
     @property
     def model_version(self) -> str | None:
@@ -163,8 +167,17 @@ def decide(snapshot: Snapshot, actions: Sequence[Action],
 
 
 def _admission(snapshot: Snapshot, action: Action) -> tuple[Reason, ...] | None:
-    """Checks before any state is touched: the clock (the routing contract is the edge's)."""
+    """Checks before any state is touched: operator controls, then the clock.
+
+    (The routing contract is the edge's.)  A revoked or suspended agent's
+    attempts do not touch its state: it is stopped, not learned from.
+    """
     request = action.request
+    if snapshot.controls is not None:
+        stopped = snapshot.controls.check(request.agent_id, snapshot.roles.get(request.agent_id),
+                                          request.action)
+        if stopped is not None:
+            return (stopped,)
     skew = request.occurred_at - action.event_time
     if abs(skew) > snapshot.max_clock_skew:
         direction = "ahead of" if skew > 0 else "behind"

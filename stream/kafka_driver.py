@@ -29,6 +29,7 @@ restores only its changelog tail from the local RocksDB store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,11 +39,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import (InvalidProducerEpoch, KafkaError, ProducerFenced,
                              TransactionalIdAuthorizationFailed)
 
+from holdgate.controls import Control, Controls
+from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
 from holdgate.stream.edges import RawRecord
 from holdgate.stream.marks import MARK_KEY, PartitionMark
 from holdgate.stream.restore import restore
 from holdgate.stream.runner import BatchOutput, Runner
+from holdgate.stream.signed_table import SignedTable
 from holdgate.stream.store import RocksStore
 
 __all__ = ["KafkaDriver", "DriverStats"]
@@ -116,6 +120,10 @@ class KafkaDriver:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._topic = settings.actions_topic
+        self.controls: SignedTable[Control] = SignedTable(
+            settings.bootstrap, settings.control_topic, settings.operators(),
+            Control.from_bytes)
+        self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -129,8 +137,19 @@ class KafkaDriver:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _controls_changed(self) -> None:
+        """Swap the snapshot's controls; the next batch decides under them (never mid-batch)."""
+        controls = Controls.latest(self.controls.values, self.controls.version)
+        self.runner.snapshot = dataclasses.replace(self.runner.snapshot, controls=controls)
+        log.warning("operator controls now in force: %d active (%s)", len(controls),
+                    "; ".join(c.key for c in controls) or "none")
+
     async def run(self) -> None:
         s = self.settings
+        if not len(self.controls.trust):
+            log.warning("no operator keys (HOLDGATE_OPERATOR_KEYS): control records (revoke, "
+                        "suspend) will be ignored")
+        self._tasks.append(asyncio.ensure_future(self.controls.run(self._controls_changed)))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
             group_instance_id=self.instance_id, enable_auto_commit=False,
@@ -139,7 +158,7 @@ class KafkaDriver:
             heartbeat_interval_ms=int(max(0.5, s.session_timeout / 4) * 1000),
             max_poll_interval_ms=300_000, fetch_max_wait_ms=100,
             max_partition_fetch_bytes=4 * 2**20, request_timeout_ms=max(
-                40_000, int(s.session_timeout * 1000) + 5000))
+                40_000, int(s.session_timeout * 1000) + 5000), **aiokafka_options(s))
         await self._consumer.start()
         self._consumer.subscribe([self._topic], listener=_Listener(self))
         try:
@@ -148,6 +167,8 @@ class KafkaDriver:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()
@@ -320,18 +341,23 @@ class KafkaDriver:
         consumer = self._consumer
         assert consumer is not None
         t0 = time.monotonic()
+        # Nothing is decided before every control in force is known (revocations survive
+        # restarts); the table follows the topic from then on.
+        await asyncio.wait_for(self.controls.caught_up.wait(), 30.0)
         lane.producers = [AIOKafkaProducer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-decide-{p}{side}",
             transactional_id=f"{s.app_id}.decide.{p}.{side}", transaction_timeout_ms=max(
                 10_000, int(s.session_timeout * 1000)), linger_ms=0, retry_backoff_ms=20,
-            request_timeout_ms=10_000, max_request_size=4 * 2**20) for side in "ab"]
+            request_timeout_ms=10_000, max_request_size=4 * 2**20, **aiokafka_options(s))
+            for side in "ab"]
         # Starting them fences the previous owner and ends its open transactions.
         await asyncio.wait_for(asyncio.gather(*(pr.start() for pr in lane.producers)), 30.0)
         tp = TopicPartition(self._topic, p)
         committed = await consumer.committed(tp)
         restorer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
                                     client_id=f"{s.app_id}-restore-{p}",
-                                    enable_auto_commit=False, isolation_level="read_committed")
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    **aiokafka_options(s))
         await restorer.start()
         try:
             [stats] = await restore(restorer, s.changelog_topic, [p], self.store)

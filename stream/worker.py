@@ -38,7 +38,7 @@ def build_snapshot(settings: Settings) -> Snapshot:
     signals = SignalComputer(model=model, roles=bundle.agent_roles) \
         if settings.signals == "on" else None
     return Snapshot(engine=PolicyEngine(bundle), policy_version=bundle.version,
-                    signals=signals,
+                    signals=signals, roles=bundle.agent_roles,
                     max_clock_skew=settings.max_clock_skew,
                     recovery_hold=settings.recovery_hold, idle_ttl=settings.idle_ttl,
                     partitions=settings.partitions)

@@ -36,12 +36,15 @@ def cli(ctx: click.Context, bootstrap: str | None, partitions: int | None) -> No
 
 
 def _register() -> None:
-    from holdgate.cli import (analyst_cmds, client_cmds, demo_cmd, history_cmds, kafka_cmds,
-                              keys_cmd, policy_cmds, worker_cmd)
-    from holdgate.cli import sim_cmd
+    from holdgate.cli import (analyst_cmds, client_cmds, control_cmds, demo_cmd, history_cmds,
+                              kafka_cmds, keys_cmd, policy_cmds, worker_cmd)
+    from holdgate.cli import audit_cmds, sim_cmd
 
     cli.add_command(kafka_cmds.kafka)
     cli.add_command(keys_cmd.keys)
+    cli.add_command(control_cmds.revoke)
+    cli.add_command(control_cmds.suspend)
+    cli.add_command(control_cmds.controls)
     cli.add_command(policy_cmds.policy)
     cli.add_command(worker_cmd.worker)
     cli.add_command(client_cmds.send)
@@ -52,6 +55,8 @@ def _register() -> None:
     cli.add_command(sim_cmd.simulate)
     cli.add_command(analyst_cmds.fit)
     cli.add_command(analyst_cmds.backtest)
+    cli.add_command(audit_cmds.explain)
+    cli.add_command(audit_cmds.audit)
 
 
 _register()
