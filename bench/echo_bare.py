@@ -16,6 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from holdgate.events import Reason, Verdict, encode
+from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
 
 
@@ -30,9 +31,10 @@ async def main() -> None:
     s = Settings.from_env()
     consumer = AIOKafkaConsumer(s.actions_topic, bootstrap_servers=s.bootstrap,
                                 group_id=s.app_id, auto_offset_reset="latest",
-                                enable_auto_commit=True, fetch_max_wait_ms=100)
+                                enable_auto_commit=True, fetch_max_wait_ms=100,
+                                **aiokafka_options(s))
     producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks="all",
-                                enable_idempotence=True)
+                                enable_idempotence=True, **aiokafka_options(s))
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()

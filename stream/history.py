@@ -26,6 +26,7 @@ from typing import IO, Any, Iterator
 import orjson
 
 from holdgate.errors import ConfigError
+from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 from holdgate.stream.edges import RawRecord
 
@@ -115,7 +116,7 @@ def read_topic(settings: Settings, start: float, end: float, *,
         raise ConfigError("--to must be after --from")
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
                              isolation_level="read_committed", client_id="holdgate-history",
-                             consumer_timeout_ms=1000)
+                             consumer_timeout_ms=1000, **kafka_python_options(settings))
     try:
         history = TopicHistory()
         tps = _partitions(consumer, settings.actions_topic)

@@ -5,6 +5,7 @@ import orjson
 import click
 
 from holdgate.cli.render import verdict_line
+from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 
 __all__ = ["send", "tail"]
@@ -72,7 +73,7 @@ def tail(settings: Settings, from_beginning: bool, agents: tuple[str, ...], deny
     from holdgate.events import decode_verdict
 
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                             client_id="holdgate-tail")
+                             client_id="holdgate-tail", **kafka_python_options(settings))
     try:
         parts = consumer.partitions_for_topic(settings.verdicts_topic)
         if not parts:

@@ -64,7 +64,8 @@ class AioKafkaTransport(AsyncTransport):
             bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id,
             group_id=None, enable_auto_commit=False, auto_offset_reset="latest",
             isolation_level="read_committed",   # a verdict of an aborted transaction never counts
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS, request_timeout_ms=CONSUMER_REQUEST_MS)
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS, request_timeout_ms=CONSUMER_REQUEST_MS,
+            **self.config.security.aiokafka())
         try:
             await consumer.start()
         except BaseException:
@@ -76,7 +77,7 @@ class AioKafkaTransport(AsyncTransport):
         producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id,
             acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
-            request_timeout_ms=self.timeouts.aio_request_ms)
+            request_timeout_ms=self.timeouts.aio_request_ms, **self.config.security.aiokafka())
         try:
             await producer.start()
         except BaseException:

@@ -66,7 +66,8 @@ class KafkaTransport(Transport):
             isolation_level="read_committed",   # a verdict of an aborted transaction never counts
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS, request_timeout_ms=CONSUMER_REQUEST_MS,
             bootstrap_timeout_ms=max(1, int(timeout * 1000)),
-            retry_backoff_ms=RETRY_BACKOFF_MS, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
+            retry_backoff_ms=RETRY_BACKOFF_MS, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **self.config.security.kafka_python())
         return _KafkaConsumer(consumer, self.config.verdicts_topic)
 
     def open_producer(self, timeout: float) -> _KafkaProducer:
@@ -76,7 +77,8 @@ class KafkaTransport(Transport):
             acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
             delivery_timeout_ms=t.delivery_ms, request_timeout_ms=t.request_ms,
             max_block_ms=t.max_block_ms, bootstrap_timeout_ms=max(1, int(timeout * 1000)),
-            retry_backoff_ms=RETRY_BACKOFF_MS, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
+            retry_backoff_ms=RETRY_BACKOFF_MS, reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            **self.config.security.kafka_python())
         return _KafkaProducer(producer, self.config.actions_topic)
 
 

@@ -17,10 +17,11 @@ key = agent_id lands on the same partition as this SDK.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from holdgate.errors import ConfigError
+from holdgate.kafka_options import KafkaSecurity
 from holdgate.keys import TrustStore
 from holdgate.routing import partition_for
 from holdgate.settings import Settings
@@ -37,6 +38,7 @@ class GateConfig:
     verdicts_topic: str
     trust: TrustStore
     client_id: str
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)  # SASL/TLS of its clients
 
     @classmethod
     def resolve(cls, *, bootstrap: str | None, settings: Settings | None,
@@ -61,7 +63,7 @@ class GateConfig:
                               "one no allow could ever be verified")
         return cls(bootstrap=base.bootstrap, actions_topic=base.actions_topic,
                    verdicts_topic=base.verdicts_topic, trust=trust,
-                   client_id=f"{base.app_id}-gate")
+                   client_id=f"{base.app_id}-gate", security=KafkaSecurity.of(base))
 
     def missing_topics_message(self, missing: list[str]) -> str:
         """Say what is missing and how it gets created (the broker never auto-creates)."""

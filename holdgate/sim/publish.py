@@ -22,6 +22,7 @@ import orjson
 from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest, encode
 from holdgate.routing import partition_for
+from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 from holdgate.sim.generate import Label
 from holdgate.sim.output import Summary
@@ -50,7 +51,8 @@ class KafkaSink:
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.bootstrap, client_id=f"{settings.app_id}-simulate",
-                acks="all", enable_idempotence=True, linger_ms=5)
+                acks="all", enable_idempotence=True, linger_ms=5,
+                **kafka_python_options(settings))
         except KafkaError as exc:
             raise ConfigError(f"cannot reach Kafka at {settings.bootstrap}: {exc}; is it "
                               "running (holdgate kafka up)?") from None
