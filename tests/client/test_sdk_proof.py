@@ -8,9 +8,9 @@ from test_sdk_mock import AGENT, SIGNER, TICKET, TRUST, agate, gate, worker
 from holdgate.client import Checked, SignedVerdict
 from holdgate.client.mock import MockBroker
 from holdgate.events import Verdict, action_digest, decode_verdict, encode
+from holdgate.keys import Signer
 from holdgate.reasons import INVALID_VERDICT, NO_PERMIT, TIMEOUT
 from holdgate.signing import read_signature, sign_headers, verify_record
-from holdgate.keys import Signer
 
 
 def test_default_check_still_returns_a_bare_verdict() -> None:
