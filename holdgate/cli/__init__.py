@@ -57,6 +57,8 @@ def _register() -> None:
     cli.add_command(analyst_cmds.backtest)
     cli.add_command(audit_cmds.explain)
     cli.add_command(audit_cmds.audit)
+    from holdgate.cli.executor_cmd import executor
+    cli.add_command(executor)
 
 
 _register()
