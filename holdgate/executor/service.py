@@ -17,7 +17,8 @@ partitions between them (`partitions=`); instances that overlap must share
 one replay store file.
 
 How it decides: each verdict's signature, decision and expiry are checked on
-arrival (`Executor.verify_record`); a signed deny discards its action, a
+arrival (`Executor.verify_record`); a signed deny discards its action (a
+decision that is not final, such as one pending an approval, does not), a
 verified allow waits for its action in the `Joiner` (keyed by action digest),
 and the pair goes through `Executor.execute` with the handlers by action name:
 every check again, then the replay claim, then the handler.  Only actions and
@@ -125,10 +126,14 @@ class ExecutorService:
         try:
             verdict = self.executor.verify_record(record, now=now)
         except ExecutionRefused as exc:
-            if exc.code == NOT_ALLOWED and value:     # signed deny: its action never runs here
-                self.stats["denied"] += 1
-                self.joiner.discard(decode_verdict(value).action_digest)
-                return None
+            if exc.code == NOT_ALLOWED and value:
+                decided = decode_verdict(value)       # its signature verified already
+                if decided.decision == "deny":        # final: its action never runs here
+                    self.stats["denied"] += 1
+                    self.joiner.discard(decided.action_digest)
+                    return None
+                # Not final (e.g. pending an approval): an allow may follow for the same
+                # bytes, so the action keeps waiting (for at most the joiner's hold).
             self._refused(exc.refusal)
             return None
         name = verdict.request.get("action") if isinstance(verdict.request, dict) else None

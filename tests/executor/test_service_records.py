@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from executor_helpers import NOW, Clock, make, sign
 
 from holdgate.client.proof import SignedVerdict
@@ -122,3 +123,19 @@ def test_a_failing_handler_is_reported_and_not_retried(make_executor: Callable[.
                         now=NOW)
     assert len(calls) == 1 and errors[0][0].request_id == m.request.request_id
     assert service.stats["failed"] == 1 and service.stats["replayed"] == 1
+
+
+def test_a_decision_that_is_not_final_keeps_the_action_waiting(
+        make_executor: Callable[..., Executor], signer: Signer, clock: Clock) -> None:
+    """Only a final deny discards: an allow may follow a pending decision for the same bytes."""
+    h = harness(make_executor, clock)
+    m = make(signer)
+    pending = orjson.loads(m.signed.value)
+    pending.update(decision="pending", reasons=[{"code": "APPROVAL_REQUIRED", "message": "",
+                                                 "policy_id": None}])
+    h.action(m.action)
+    h.verdict(sign(signer, orjson.dumps(pending)))
+    assert h.runs == [] and h.service.joiner.waiting == (1, 0)
+    assert h.refusals[0].code in (r.NOT_ALLOWED, r.MALFORMED_VERDICT)
+    h.verdict(m.signed)                                   # the final allow, later
+    assert [req.request_id for req in h.runs] == [m.request.request_id]
