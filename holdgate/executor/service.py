@@ -41,6 +41,7 @@ from holdgate.events import ActionRequest, decode_request, decode_verdict
 from holdgate.executor.executor import MAX_ACTION_BYTES, Executor, Handler
 from holdgate.executor.join import Joiner, Match
 from holdgate.executor.refusals import NOT_ALLOWED, REPLAYED, ExecutionRefused, Refusal
+from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 
 __all__ = ["COUNTERS", "ExecutorService", "Record"]
@@ -64,7 +65,8 @@ class ExecutorService:
 
     `on_refusal(refusal)`, `on_executed(request, result)` and
     `on_error(request, exc)` are called on the service thread (metrics, audit).
-    `kafka_options` are spread into the kafka-python consumer (TLS/SASL settings).
+    `kafka_options` are spread into the kafka-python consumer; by default the
+    TLS/SASL options of `settings`, like every other holdgate client.
     """
 
     def __init__(self, *, settings: Settings, executor: Executor,
@@ -85,7 +87,8 @@ class ExecutorService:
         self.joiner = joiner or Joiner()
         self._on_refusal, self._on_executed, self._on_error = on_refusal, on_executed, on_error
         self._clock = clock
-        self._kafka_options = dict(kafka_options or {})
+        self._kafka_options = dict(kafka_python_options(settings) if kafka_options is None
+                                   else kafka_options)
         self.stats = dict.fromkeys(COUNTERS, 0)
         self._stop = threading.Event()
         self._ready = threading.Event()
