@@ -122,7 +122,7 @@ class KafkaDriver:
         self._topic = settings.actions_topic
         self.controls: SignedTable[Control] = SignedTable(
             settings.bootstrap, settings.control_topic, settings.operators(),
-            Control.from_bytes)
+            Control.from_bytes, client_options=aiokafka_options(settings))
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ lifecycle

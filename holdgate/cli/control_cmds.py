@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from holdgate.kafka_options import aiokafka_options, kafka_python_options
 from holdgate.settings import Settings
 
 __all__ = ["revoke", "suspend", "controls"]
@@ -36,7 +37,7 @@ def _publish(settings: Settings, key_file: Path | None, control: object) -> None
     ensure_topics(settings)
     value = control.to_bytes()
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                             client_id="holdgate-control")
+                             client_id="holdgate-control", **kafka_python_options(settings))
     try:
         producer.send(settings.control_topic, key=control.key.encode(), value=value,
                       headers=list(sign_headers(signer, value))).get(timeout=10)
@@ -107,7 +108,8 @@ def controls(settings: Settings) -> None:
     from holdgate.stream.signed_table import SignedTable
 
     table: SignedTable[Control] = SignedTable(settings.bootstrap, settings.control_topic,
-                                              settings.operators(), Control.from_bytes)
+                                              settings.operators(), Control.from_bytes,
+                                              client_options=aiokafka_options(settings))
 
     async def read() -> None:
         task = asyncio.ensure_future(table.run(lambda: None))
