@@ -38,7 +38,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024
 MAX_DEPTH = 8
-Decision = Literal["allow", "deny"]
+Decision = Literal["allow", "deny", "pending"]
 
 _UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                       r"[0-9a-fA-F]{12}|\{[0-9a-fA-F-]{36}\})$")
@@ -47,6 +47,8 @@ _ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
 _ID_MAX = 256
 _CEDAR_ESCAPES = frozenset({"__entity", "__extn", "__expr"})
+#: Context keys only the worker writes: an agent claiming them is refused.
+_RESERVED_CONTEXT = ("signals", "approval", "resource_trusted")
 _REQUEST_FIELDS = frozenset({"schema_version", "request_id", "agent_id", "action", "resource",
                              "context", "occurred_at", "deadline"})
 _RESOURCE_FIELDS = frozenset({"type", "id", "attributes"})
@@ -194,8 +196,10 @@ class ActionRequest:
         context = obj.get("context", {})
         if not isinstance(context, dict):
             raise _fail("context", "must be a JSON object")
-        if "signals" in context:
-            raise _fail("context.signals", "is reserved: holdgate computes signals itself")
+        for reserved in _RESERVED_CONTEXT:
+            if reserved in context:
+                raise _fail(f"context.{reserved}", "is reserved: holdgate sets it itself "
+                                                   "(signals, verified approvals, trust)")
         _check_cedar_value(context, "context")
         occurred_at = _require_time(obj, "occurred_at", "occurred_at")
         deadline = None
@@ -264,6 +268,8 @@ class Verdict(Decided):
     request: dict[str, Any] | None = None
     #: Per partition, the verdict's place in the decision log (audit gap detection).
     seq: int | None = None
+    #: A pending verdict (not final; read as a deny) names the approver role that can lift it.
+    awaiting: str | None = None
     schema_version: int = SCHEMA_VERSION
     #: Not on the wire: the key whose signature the reader verified (record headers).
     key_id: str | None = field(default=None, compare=False)
@@ -283,6 +289,8 @@ class Verdict(Decided):
         }
         if self.seq is not None:
             obj["seq"] = self.seq
+        if self.awaiting is not None:
+            obj["awaiting"] = self.awaiting
         return obj
 
     @classmethod
@@ -295,9 +303,9 @@ class Verdict(Decided):
             verdict = cls(reasons=reasons, **fields)
         except TypeError as exc:
             raise _fail("$", f"not a verdict: {exc}") from None
-        if verdict.decision not in ("allow", "deny"):
-            raise _fail("decision", "must be 'allow' or 'deny'")
-        if verdict.decision == "deny" and not verdict.reasons:
+        if verdict.decision not in ("allow", "deny", "pending"):
+            raise _fail("decision", "must be 'allow', 'deny' or 'pending'")
+        if verdict.decision != "allow" and not verdict.reasons:
             raise _fail("reasons", "a deny must carry at least one reason")
         return verdict
 

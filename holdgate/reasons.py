@@ -12,7 +12,8 @@ __all__ = [
     "UNKNOWN_AGENT", "UNKNOWN_RESOURCE_TYPE", "TIMEOUT", "UNAVAILABLE",
     "STATE_RECOVERING", "CLOCK_SKEW", "RATE_LIMIT", "REPETITION", "FANOUT",
     "ANOMALY", "INVALID_VERDICT", "INTERNAL_ERROR", "SUSPENDED", "EXPIRED", "TOO_LARGE",
-    "DUPLICATE_REQUEST", "REVOKED",
+    "DUPLICATE_REQUEST", "REVOKED", "APPROVAL_INVALID", "APPROVAL_UNMATCHED",
+    "APPROVAL_MISMATCH", "APPROVAL_WRONG_ROLE", "APPROVAL_EXPIRED",
 ]
 
 PERMITTED = "PERMITTED"                  # a permit policy matched and no forbid did
@@ -37,3 +38,9 @@ REVOKED = "REVOKED"                      # operator kill switch: the agent is re
 EXPIRED = "EXPIRED"                      # decided after the runtime's deadline: never an allow
 TOO_LARGE = "TOO_LARGE"                  # action record above the configured size limit
 DUPLICATE_REQUEST = "DUPLICATE_REQUEST"  # dead letter: a request_id already decided for the agent
+# Dead letters of the approvals topic: a token that lifted nothing, and why.
+APPROVAL_INVALID = "APPROVAL_INVALID"      # not a token, or not signed by a key of its role
+APPROVAL_UNMATCHED = "APPROVAL_UNMATCHED"  # no such action is held (decided, used, never held)
+APPROVAL_MISMATCH = "APPROVAL_MISMATCH"    # the token names other bytes or another agent
+APPROVAL_WRONG_ROLE = "APPROVAL_WRONG_ROLE"  # the hold awaits another approver role
+APPROVAL_EXPIRED = "APPROVAL_EXPIRED"      # the token expired before it arrived

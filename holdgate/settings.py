@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from holdgate.approvals import ApproverKeys
 from holdgate.errors import ConfigError
 from holdgate.keys import Signer, TrustStore, load_signer
 
@@ -30,6 +31,7 @@ class Settings:
     verdicts_topic: str = "holdgate.verdicts"
     deadletter_topic: str = "holdgate.deadletter"
     control_topic: str = "holdgate.control"
+    approvals_topic: str = "holdgate.approvals"
     partitions: int = 4
     replication_factor: int = 1
     policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
@@ -38,6 +40,8 @@ class Settings:
     trusted_keys: str = ""          # SDK/executor/tools: public key files or folders, comma list
     operator_keys: str = ""         # worker: public keys whose control records it obeys
     operator_key_file: str = ""     # CLI: the operator's private key (revoke, suspend)
+    approver_keys: str = ""         # worker: role=pub[;pub..],role=... who may approve what
+    approver_key_file: str = ""     # CLI: an approver's private key (holdgate approve)
     verdict_ttl: float = 30.0       # seconds an allow stays actionable
     batch_max: int = 256            # micro-batch size cap
     batch_within: float = 0.002     # seconds to wait filling a micro-batch
@@ -98,9 +102,10 @@ class Settings:
             raise ConfigError("max_action_bytes must be between 1024 and 524288")
         _check_security(self)
         topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic,
-                  self.control_topic}
-        if len(topics) != 4:
-            raise ConfigError("actions, verdicts, deadletter and control topics must differ")
+                  self.control_topic, self.approvals_topic}
+        if len(topics) != 5:
+            raise ConfigError("actions, verdicts, deadletter, control and approvals topics "
+                              "must differ")
         return self
 
     def to_env(self) -> dict[str, str]:
@@ -129,6 +134,10 @@ class Settings:
         """Operator public keys: control records signed by anyone else are ignored."""
         paths = [p.strip() for p in self.operator_keys.split(",") if p.strip()]
         return TrustStore.from_paths(paths) if paths else TrustStore()
+
+    def approvers(self) -> ApproverKeys | None:
+        """Approver public keys per role; None: approvals are refused (holds stay held)."""
+        return ApproverKeys.parse(self.approver_keys) if self.approver_keys else None
 
     def trust(self) -> TrustStore:
         """Public keys whose signatures this reader accepts (empty: accepts no allow)."""

@@ -30,6 +30,9 @@ def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
          {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         (settings.verdicts_topic, settings.partitions, {"retention.ms": week}),
         (settings.deadletter_topic, 1, {"retention.ms": week}),
+        # Approval tokens go to the agent's partition, where its held action waits.
+        (settings.approvals_topic, settings.partitions,
+         {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         # Operator controls: one partition every worker reads whole; the latest per target.
         (settings.control_topic, 1, {"cleanup.policy": "compact"}),
         # Per-agent state: compacted, so it keeps the latest state of every agent forever.
@@ -79,7 +82,7 @@ def ensure_topics(settings: Settings, *, admin: KafkaAdminClient | None = None) 
         if own:
             admin.close()
     a = counts.get(settings.actions_topic)
-    for other in (settings.verdicts_topic, settings.changelog_topic):
+    for other in (settings.verdicts_topic, settings.changelog_topic, settings.approvals_topic):
         if counts.get(other) != a:
             raise ConfigError(f"{settings.actions_topic} has {a} partitions but {other} has "
                               f"{counts.get(other)}; they must match so verdicts and state "

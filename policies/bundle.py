@@ -94,6 +94,7 @@ class PolicyBundle:
     signals_read: tuple[str, ...] | None
     projection: Projection
     policy_set: cedarpy.PolicySet
+    permit_set: cedarpy.PolicySet
     schema: cedarpy.Schema
     entities: cedarpy.Entities
     sources: Mapping[str, str]
@@ -131,6 +132,12 @@ class PolicyBundle:
         agent_roles = _agent_roles(entities)
         try:
             policy_set = cedarpy.PolicySet.from_json_str(json.dumps(est))
+            # Permits alone: whether a request held by an approvable forbid would
+            # otherwise be allowed (then it waits for an approval instead of a deny).
+            permit_set = cedarpy.PolicySet.from_json_str(json.dumps(
+                {"staticPolicies": {k: v for k, v in est["staticPolicies"].items()
+                                    if v.get("effect") == "permit"},
+                 "templates": {}, "templateLinks": []}))
         except ValueError as exc:  # pragma: no cover - Cedar produced this EST itself
             raise _bundle_error(
                 where, [f"{POLICY_FILE}: cannot re-key policies by @id: {exc}"]) from exc
@@ -150,6 +157,7 @@ class PolicyBundle:
             signals_read=signals_read,
             projection=projection,
             policy_set=policy_set,
+            permit_set=permit_set,
             schema=schema_handle,
             entities=entities_handle,
             sources=sources,
@@ -292,6 +300,11 @@ def _parse_policies(text: str, where: str) -> tuple[list[PolicyInfo], dict[str, 
             problems.append(f"{label}: @code {code!r} must be UPPER_SNAKE_CASE")
         if code is not None and policy["effect"] != "forbid":
             problems.append(f"{label}: @code belongs on forbid policies only")
+        approval = annotations.get("approval")
+        if approval is not None and (policy["effect"] != "forbid" or
+                                     not _ID_RE.match(approval)):
+            problems.append(f"{label}: @approval(\"<role>\") belongs on forbid policies only "
+                            "and names the approver role, e.g. @approval(\"human\")")
         if pid in by_id:
             problems.append(f"{label}: duplicate @id {pid!r} (first at line {by_id[pid].line})")
             continue

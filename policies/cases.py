@@ -1,4 +1,4 @@
-"""Data-driven bundle tests: ``cases/allow/*.json`` and ``cases/deny/*.json``.
+"""Data-driven bundle tests: ``cases/{allow,deny,pending}/*.json``.
 
 Each case is one request with the signals it should be decided with and the
 expected outcome, so a policy author (or the analyst backtesting a candidate
@@ -11,7 +11,10 @@ Case file::
     {"description": "...",
      "request": {<ActionRequest JSON, schema_version 1>},
      "signals": {"rate_1s": 3},              # optional, missing ones are 0
-     "expect": "allow" | "deny",
+     "approval": {"role": "human", "approver": "dana"},   # optional: as the worker
+                                             # injects a VERIFIED approval token
+     "expect": "allow" | "deny" | "pending",
+     "expect_awaiting": "human",             # optional, for pending: the approver role
      "expect_codes": ["PRODUCTION_CHANGE"],  # optional: must all appear
      "expect_policy_ids": ["coding-repositories"]}   # optional: must all appear
 
@@ -20,6 +23,7 @@ cannot be read is a broken bundle (``PolicyError``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +36,10 @@ from holdgate.policies.engine import PolicyEngine
 
 __all__ = ["Case", "CaseResult", "load_cases", "run_cases"]
 
-_EXPECTATIONS = ("allow", "deny")
+_EXPECTATIONS = ("allow", "deny", "pending")
 _CASE_FIELDS = frozenset(
-    {"description", "request", "signals", "expect", "expect_codes", "expect_policy_ids"})
+    {"description", "request", "signals", "approval", "expect", "expect_codes",
+     "expect_policy_ids", "expect_awaiting"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class Case:
     expect: str
     expect_codes: tuple[str, ...] = ()
     expect_policy_ids: tuple[str, ...] = ()
+    expect_awaiting: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,7 @@ def run_cases(bundle_path: str | Path | PolicyBundle, *,
     cases = load_cases(bundle.path)
     engine = PolicyEngine(bundle)
     decisions = engine.decide_many([(case.request, case.signals) for case in cases])
-    results = [_judge(case, decision.decision, decision.reasons)
+    results = [_judge(case, decision.decision, decision.reasons, decision.awaiting)
                for case, decision in zip(cases, decisions)]
     failures = [r for r in results if not r.ok]
     if raise_on_failure and failures:
@@ -126,14 +132,27 @@ def _parse_case(name: str, file: Path, folder: str) -> Case:
     if not isinstance(signals, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in signals.values()):
         raise ValueError('"signals" must be an object of integers')
+    request = ActionRequest.from_obj(obj.get("request"))
+    approval = obj.get("approval")
+    if approval is not None:
+        if not (isinstance(approval, dict) and set(approval) == {"role", "approver"}
+                and all(isinstance(v, str) for v in approval.values())):
+            raise ValueError('"approval" must be {"role": str, "approver": str}')
+        # What the worker puts in the context for a verified token (agents cannot).
+        request = dataclasses.replace(request, context={**request.context,
+                                                        "approval": dict(approval)})
+    awaiting = obj.get("expect_awaiting")
+    if awaiting is not None and not isinstance(awaiting, str):
+        raise ValueError('"expect_awaiting" must be a string')
     return Case(
         name=name,
         description=str(obj.get("description", "")),
-        request=ActionRequest.from_obj(obj.get("request")),
+        request=request,
         signals=signals,
         expect=expect,
         expect_codes=_str_tuple(obj, "expect_codes"),
         expect_policy_ids=_str_tuple(obj, "expect_policy_ids"),
+        expect_awaiting=awaiting,
     )
 
 
@@ -144,10 +163,13 @@ def _str_tuple(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _judge(case: Case, actual: str, reasons: tuple[Reason, ...]) -> CaseResult:
+def _judge(case: Case, actual: str, reasons: tuple[Reason, ...],
+           awaiting: str | None = None) -> CaseResult:
     problems = []
     if actual != case.expect:
         problems.append(f"expected {case.expect}, got {actual}")
+    if case.expect_awaiting is not None and awaiting != case.expect_awaiting:
+        problems.append(f"expected to await {case.expect_awaiting!r}, awaits {awaiting!r}")
     got_codes = {r.code for r in reasons}
     missing = [c for c in case.expect_codes if c not in got_codes]
     if missing:

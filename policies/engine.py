@@ -22,6 +22,16 @@ request's own resource) stays one call per batch.
 
 Rules on top of Cedar's (default deny, forbid wins):
 
+* ``context.resource_trusted`` tells policies whether the resource's attributes
+  come from the entity store (true) or only from the agent's own request
+  (false): a policy lets a value open a door only when it is trusted, so what
+  an agent says about its resource can make a decision stricter, never looser.
+* A forbid annotated ``@approval("<role>")`` holds instead of refusing: when
+  every forbid that fires is approvable and some permit matches, the decision
+  is ``pending`` (every reader treats it as a deny) and names the role whose
+  signed approval would lift it; the worker decides again when one arrives,
+  with the verified approval in ``context.approval``.
+
 * Unknown agents and undeclared resource types are denied before Cedar: the
   answer cannot depend on policies that were never written for them.
 * A resource that is in ``entities.json`` is taken from there; the request's
@@ -79,6 +89,7 @@ class PolicyDecision(Decided):
 
     decision: Decision
     reasons: tuple[Reason, ...]
+    awaiting: str | None = None      # pending: the approver role that can lift it
 
 
 def _project(record: Mapping[str, Any], keys: tuple[str, ...] | None) -> Any:
@@ -124,7 +135,8 @@ class PolicyEngine:
 
     __slots__ = ("_bundle", "_policy_set", "_entities", "_known_uids", "_agents",
                  "_types", "_infos", "_signal_names", "_rank", "_permit", "_forbid", "_cache",
-                 "_results", "_cuts", "_projection", "_apart", "caching", "hits", "misses")
+                 "_results", "_cuts", "_projection", "_apart", "_approvable", "_permit_set",
+                 "caching", "hits", "misses")
 
     def __init__(self, bundle: PolicyBundle, *, caching: bool = True) -> None:
         self._bundle = bundle
@@ -143,6 +155,9 @@ class PolicyEngine:
         self._forbid = {pid: Reason(code=i.code or codes.FORBIDDEN, message=i.reason,
                                     policy_id=pid)
                         for pid, i in bundle.policies.items() if i.effect == "forbid"}
+        self._approvable = {pid: i.annotations["approval"] for pid, i in bundle.policies.items()
+                            if i.effect == "forbid" and i.annotations.get("approval")}
+        self._permit_set = bundle.permit_set
         self._cache: dict[tuple[bool, tuple[str, ...]], PolicyDecision] = {}
         self._results: dict[tuple[Any, ...], PolicyDecision] = {}
         names = bundle.signals_read if bundle.signals_read is not None else SIGNAL_NAMES
@@ -317,6 +332,7 @@ class PolicyEngine:
         resource = request.resource
         context = dict(request.context)
         context["signals"] = self._signals_record(signals or {})
+        context["resource_trusted"] = (resource.type, resource.id) in self._known_uids
         cedar_request = {
             "principal": {"type": PRINCIPAL_TYPE, "id": request.agent_id},
             "action": {"type": "Action", "id": request.action},
@@ -377,8 +393,30 @@ class PolicyEngine:
         except Exception:  # noqa: BLE001 - isolate the request that broke the batch
             self._evaluate_one_by_one(group, items, results)
             return
-        for (index, _, _), answer in zip(group.members, answers):
-            results[index] = self._to_decision(answer, items[index][0])
+        held = []
+        for member, answer in zip(group.members, answers):
+            decision = results[member[0]] = self._to_decision(answer, items[member[0]][0])
+            if decision.decision == "deny" and self._approvable and decision.reasons and all(
+                    r.policy_id in self._approvable for r in decision.reasons):
+                held.append(member)
+        if held:
+            self._hold(group, held, results)
+
+    def _hold(self, group: _Group, held: list[tuple[int, dict[str, Any], Uid]],
+              results: list[PolicyDecision | None]) -> None:
+        """Approvable forbids only: pending if a permit matches, else the deny stands."""
+        try:
+            entities = self._with_delta([e for _, e in group.delta.values()])
+            permits = cedarpy.is_authorized_batch([req for _, req, _ in held],
+                                                  self._permit_set, entities)
+        except Exception:  # noqa: BLE001 - the deny stands: fail closed
+            return
+        for (index, _, _), answer in zip(held, permits):
+            denied = results[index]
+            if denied is None or not answer.allowed or answer.diagnostics.errors:
+                continue
+            roles = sorted({self._approvable[r.policy_id or ""] for r in denied.reasons})
+            results[index] = PolicyDecision("pending", denied.reasons, awaiting=",".join(roles))
 
     def _evaluate_one_by_one(self, group: _Group, items: Sequence[tuple[ActionRequest, Any]],
                              results: list[PolicyDecision | None]) -> None:

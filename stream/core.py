@@ -39,9 +39,9 @@ from holdgate.routing import partition_for
 from holdgate.stream.marks import PartitionMarks
 
 __all__ = ["Snapshot", "Action", "Decision", "PolicySource", "SignalSource", "decide",
-           "event_view"]
+           "redecide", "event_view"]
 
-Outcome = Literal["allow", "deny"]
+Outcome = Literal["allow", "deny", "pending"]
 
 
 class PolicySource(Protocol):
@@ -118,6 +118,7 @@ class Decision(Decided):
     request: Any = None         # the request as published; None when it could not be parsed
     deadline: float | None = None
     duplicate: bool = False     # a request id already decided: dead-lettered, not answered
+    awaiting: str | None = None  # pending: the approver role(s) that can lift the hold
 
 
 _RECOVERING = (Reason(rc.STATE_RECOVERING, "per-agent state for this partition was lost; "
@@ -135,6 +136,7 @@ class _Slot:
     signals: Mapping[str, int] = field(default_factory=dict)
     outcome: Outcome = "deny"
     reasons: tuple[Reason, ...] = _RECOVERING
+    awaiting: str | None = None
     final: Decision | None = None
 
 
@@ -225,24 +227,60 @@ def _decide_wave(snapshot: Snapshot, wave: list[_Slot], states: MutableMapping[s
     if todo:
         answers = snapshot.engine.decide_many([(s.action.request, s.signals) for s in todo])
         for slot, answer in zip(todo, answers, strict=True):
-            slot.outcome = "allow" if answer.decision == "allow" else "deny"
+            slot.outcome = answer.decision if answer.decision in ("allow", "pending") else "deny"
             slot.reasons = tuple(answer.reasons) or _NO_REASON
+            slot.awaiting = getattr(answer, "awaiting", None)
     if snapshot.signals is not None and live:
         snapshot.signals.record_outcomes(states, [s.view for s in live],
                                          [s.outcome != "allow" for s in live])
     for slot in live:
         states[slot.action.request.agent_id].remember_request(slot.key)
-        outcome, reasons = slot.outcome, slot.reasons
-        deadline = slot.action.request.deadline
         at = slot.action.decided_at if slot.action.decided_at is not None else decided_at
-        if deadline is not None and max(at, slot.action.event_time) > deadline:
-            late = max(at, slot.action.event_time) - deadline
-            # The policy's own answer follows, for the record (and for the counters: the
-            # 1 h windows saw it as what the policy decided).
-            outcome, reasons = "deny", (Reason(rc.EXPIRED, f"decided {late:.3f}s after the "
-                                               "request's deadline; the runtime stopped "
-                                               "waiting"),) + reasons
-        slot.final = _decision(snapshot, slot.action, outcome, reasons, slot.signals)
+        outcome, reasons = _expire(slot.action, slot.outcome, slot.reasons, at,
+                                   slot.action.event_time)
+        slot.final = dataclasses.replace(
+            _decision(snapshot, slot.action, outcome, reasons, slot.signals),
+            awaiting=slot.awaiting if outcome == "pending" else None)
+
+
+def _expire(action: Action, outcome: Outcome, reasons: tuple[Reason, ...], decided_at: float,
+            event_time: float) -> tuple[Outcome, tuple[Reason, ...]]:
+    """After its deadline an action is denied EXPIRED, whatever the policy said.
+
+    The policy's own answer follows the EXPIRED reason, for the record (and for
+    the counters: the 1 h windows saw it as what the policy decided).
+    """
+    deadline = action.request.deadline
+    if deadline is None or max(decided_at, event_time) <= deadline:
+        return outcome, reasons
+    late = max(decided_at, event_time) - deadline
+    return "deny", (Reason(rc.EXPIRED, f"decided {late:.3f}s after the request's deadline; "
+                           "the runtime stopped waiting"),) + reasons
+
+
+def redecide(snapshot: Snapshot, action: Action, signals: Mapping[str, int],
+             approval: Mapping[str, str], decided_at: float, event_time: float) -> Decision:
+    """Decide a held action again, with a verified approval (the worker checked the token).
+
+    The action was counted when it was first held, so the signals it was held
+    with are reused and no state changes: only the operator controls in force
+    now, the policies with ``context.approval`` and the deadline decide.
+    """
+    request = action.request
+    if snapshot.controls is not None:
+        stopped = snapshot.controls.check(request.agent_id, snapshot.roles.get(request.agent_id),
+                                          request.action)
+        if stopped is not None:
+            return _decision(snapshot, action, "deny", (stopped,), signals)
+    approved = dataclasses.replace(request, context={**request.context,
+                                                     "approval": dict(approval)})
+    answer = snapshot.engine.decide_many([(approved, signals)])[0]
+    outcome: Outcome = answer.decision if answer.decision in ("allow", "pending") else "deny"
+    outcome, reasons = _expire(action, outcome, tuple(answer.reasons) or _NO_REASON,
+                               decided_at, event_time)
+    return dataclasses.replace(_decision(snapshot, action, outcome, reasons, signals),
+                               awaiting=getattr(answer, "awaiting", None)
+                               if outcome == "pending" else None)
 
 
 def _decision(snapshot: Snapshot, action: Action, outcome: Outcome,

@@ -49,6 +49,7 @@ class RawRecord:
     topic: str = ""
     timestamp: float | None = None   # broker append time (LogAppendTime), seconds
     decided_at: float | None = None  # replay: when the recorded verdict was decided
+    headers: tuple[tuple[str, bytes], ...] = ()     # approvals: their signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ def seal(decision: Decision, *, decided_at: float, ttl: float, signer: Signer | 
         policy_version=decision.policy_version, model_version=decision.model_version,
         signals=dict(decision.signals), action_digest=decision.digest, decided_at=decided_at,
         expires_at=decided_at + ttl if decision.allowed else decided_at,
-        request=decision.request, seq=seq)
+        request=decision.request, seq=seq, awaiting=decision.awaiting)
     value = orjson.dumps(verdict.to_obj())
     headers = sign_headers(signer, value) if signer is not None else ()
     return Outgoing(decision.partition, decision.agent_id.encode(), value, headers)

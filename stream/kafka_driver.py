@@ -25,6 +25,11 @@ previous one's commit on the same id is refused until its markers are written
 Membership: static (``group.instance.id``), so a crashed worker that restarts
 within the session timeout gets its partitions back without a rebalance and
 restores only its changelog tail from the local RocksDB store.
+
+Approvals: the approvals topic is co-partitioned with the actions and
+subscribed with the range assignor, so partition p of both goes to the same
+worker: the lane of p reads the tokens that lift p's held actions, and their
+offsets are committed in the same transaction as the verdicts they produce.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (InvalidProducerEpoch, KafkaError, ProducerFenced,
                              TransactionalIdAuthorizationFailed)
 
@@ -80,6 +86,7 @@ class _Lane:
     producers: list[AIOKafkaProducer] = field(default_factory=list)
     turn: int = 0                    # which of the two producers carries the next batch
     position: int | None = None      # next offset to decide (the mark's next_offset)
+    approvals_position: int | None = None   # next approval offset (the committed one)
     ready: bool = False
     task: asyncio.Task[None] | None = None
     sweep_due: float = 0.0
@@ -100,6 +107,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.driver._revoke({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Range assignment gives partition p of the actions and the approvals topics to
+        # the same member: one lane per partition number handles both.
         self.driver._assign({tp.partition for tp in assigned})
 
 
@@ -120,6 +129,7 @@ class KafkaDriver:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._topic = settings.actions_topic
+        self._approvals = settings.approvals_topic
         self.controls: SignedTable[Control] = SignedTable(
             settings.bootstrap, settings.control_topic, settings.operators(),
             Control.from_bytes, client_options=aiokafka_options(settings))
@@ -158,9 +168,10 @@ class KafkaDriver:
             heartbeat_interval_ms=int(max(0.5, s.session_timeout / 4) * 1000),
             max_poll_interval_ms=300_000, fetch_max_wait_ms=100,
             max_partition_fetch_bytes=4 * 2**20, request_timeout_ms=max(
-                40_000, int(s.session_timeout * 1000) + 5000), **aiokafka_options(s))
+                40_000, int(s.session_timeout * 1000) + 5000),
+            partition_assignment_strategy=(RangePartitionAssignor,), **aiokafka_options(s))
         await self._consumer.start()
-        self._consumer.subscribe([self._topic], listener=_Listener(self))
+        self._consumer.subscribe([self._topic, self._approvals], listener=_Listener(self))
         try:
             await self._loop()
         finally:
@@ -203,22 +214,30 @@ class KafkaDriver:
     async def _decide(self, batches: dict[TopicPartition, list[Any]]) -> None:
         decided_at = time.time()
         jobs = []
-        for tp, records in batches.items():
+        per_lane: dict[int, list[RawRecord]] = {}
+        # Actions first, approvals after: a token in the same fetch as the action it
+        # approves finds its hold (the runner orders them the same way).
+        for tp, records in sorted(batches.items(), key=lambda kv: kv[0].topic != self._topic):
             lane = self._lanes.get(tp.partition)
             if lane is None or not lane.ready or not records:
                 continue          # not ours (any more): its new owner decides them
-            if lane.position is not None and records[0].offset < lane.position:
-                records = [r for r in records if r.offset >= lane.position]
-                if not records:
-                    continue
-            raws = [RawRecord(key=r.key, value=r.value, partition=tp.partition, offset=r.offset,
-                              topic=tp.topic, timestamp=_append_time(r)) for r in records]
+            start = lane.position if tp.topic == self._topic else lane.approvals_position
+            if start is not None and records[0].offset < start:
+                records = [r for r in records if r.offset >= start]
+            per_lane.setdefault(tp.partition, []).extend(
+                RawRecord(key=r.key, value=r.value, partition=tp.partition, offset=r.offset,
+                          topic=tp.topic, timestamp=_append_time(r),
+                          headers=tuple(r.headers or ())) for r in records)
+        for p, raws in per_lane.items():
+            if not raws:
+                continue
+            lane = self._lanes[p]
             out = self.runner.run(raws, decided_at=decided_at)
             if time.monotonic() >= lane.sweep_due:
                 lane.sweep_due = time.monotonic() + self._sweep_interval()
-                sweep = self.runner.sweep(tp.partition)
+                sweep = self.runner.sweep(p)
                 if sweep:
-                    out.writes.setdefault(tp.partition, {}).update(sweep)
+                    out.writes.setdefault(p, {}).update(sweep)
             jobs.append(self._commit(lane, out))
         if jobs:
             await asyncio.gather(*jobs)
@@ -241,8 +260,10 @@ class KafkaDriver:
             state_sends = [await producer.send(s.changelog_topic, value, key=key.encode(),
                                                partition=p) for key, value in writes.items()]
             # the offset goes out while the records are in flight, not after them
+            offsets = {TopicPartition(topic, part): offset
+                       for (topic, part), offset in out.offsets.items()}
             await asyncio.gather(*sends, *state_sends, producer.send_offsets_to_transaction(
-                {TopicPartition(self._topic, p): out.next_offsets[p]}, s.app_id))
+                offsets, s.app_id))
             await producer.commit_transaction()
         except Exception as exc:  # noqa: BLE001 - any failure: this batch did not happen
             self.stats.aborted += 1
@@ -251,7 +272,9 @@ class KafkaDriver:
         lane.turn ^= 1
         checkpoint = max(f.result().offset for f in state_sends) if state_sends else None
         self.store.apply(p, writes, checkpoint)
-        lane.position = out.next_offsets[p]
+        lane.position = out.offsets.get((self._topic, p), lane.position)
+        lane.approvals_position = out.offsets.get((self._approvals, p),
+                                                  lane.approvals_position)
         self._count(out)
         if self.on_batch is not None:
             self.on_batch(out, time.time())
@@ -278,7 +301,7 @@ class KafkaDriver:
                         "partition, the batch will be decided again", p, exc)
         lane.ready = False
         if self._consumer is not None and p in self._lanes:
-            self._consumer.pause(TopicPartition(self._topic, p))
+            self._consumer.pause(*self._tps(p))
         await self._close_producers(lane)
         if not isinstance(exc, _FENCED) and p in self._lanes:
             lane.task = asyncio.ensure_future(self._prepare(lane, delay=0.5))
@@ -291,9 +314,12 @@ class KafkaDriver:
             if p in self._lanes:
                 continue
             lane = self._lanes[p] = _Lane(p)
-            consumer.pause(TopicPartition(self._topic, p))
+            consumer.pause(*self._tps(p))
             lane.task = asyncio.ensure_future(self._prepare(lane))
         log.info("assigned actions partitions %s", sorted(partitions))
+
+    def _tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(self._topic, p), TopicPartition(self._approvals, p)]
 
     async def _revoke(self, partitions: set[int]) -> None:
         async with self._lock:             # no batch of these partitions is in flight
@@ -352,8 +378,9 @@ class KafkaDriver:
             for side in "ab"]
         # Starting them fences the previous owner and ends its open transactions.
         await asyncio.wait_for(asyncio.gather(*(pr.start() for pr in lane.producers)), 30.0)
-        tp = TopicPartition(self._topic, p)
+        tp, atp = self._tps(p)
         committed = await consumer.committed(tp)
+        approvals_committed = await consumer.committed(atp)
         restorer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
                                     client_id=f"{s.app_id}-restore-{p}",
                                     enable_auto_commit=False, isolation_level="read_committed",
@@ -371,8 +398,14 @@ class KafkaDriver:
         else:
             consumer.seek(tp, start)
             lane.position = start
+        if approvals_committed is None:
+            await consumer.seek_to_beginning(atp)
+            lane.approvals_position = None
+        else:
+            consumer.seek(atp, approvals_committed)
+            lane.approvals_position = approvals_committed
         lane.ready = True
-        consumer.resume(tp)
+        consumer.resume(tp, atp)
         self.stats.last_restore_seconds = time.monotonic() - t0
         log.info("partition %d ready in %.2fs (restored %d changelog records, start %s)", p,
                  self.stats.last_restore_seconds, stats.records, start)

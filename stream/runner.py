@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+
+import orjson
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from holdgate import reasons as rc
+from holdgate.approvals import ApproverKeys
 from holdgate.events import MAX_RECORD_BYTES
 from holdgate.keys import Signer
 from holdgate.routing import partition_for
@@ -26,6 +29,7 @@ from holdgate.stream import core
 from holdgate.stream.core import Action, Decision, Snapshot
 from holdgate.stream.edges import (Outgoing, RawRecord, Rejected, dead_letter, decode,
                                    rejected_decision, seal)
+from holdgate.stream.holds import HOLD_MAX, PENDING_PREFIX, lift, pending_entry, pending_key
 from holdgate.stream.marks import MARK_KEY, PartitionMark, PartitionMarks
 from holdgate.stream.state import BatchStates, StateStore, Writes, idle_agents
 
@@ -42,7 +46,8 @@ class BatchOutput:
     deadletters: list[bytes] = field(default_factory=list)
     writes: Writes = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
-    next_offsets: dict[int, int] = field(default_factory=dict)
+    next_offsets: dict[int, int] = field(default_factory=dict)     # actions, per partition
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # every consumed topic
     allowed: int = 0
     denied: int = 0
 
@@ -59,6 +64,8 @@ class Runner:
     max_action_bytes: int = MAX_RECORD_BYTES
     worker_id: str = "holdgate"
     sealing: bool = True        # False: decisions only, no signed verdict bytes (replay)
+    approvals_topic: str = ""   # records of this topic are approval tokens (stream.holds)
+    approvers: ApproverKeys | None = None
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("decode", "decide", "seal", "actions"), 0.0))
 
@@ -73,10 +80,18 @@ class Runner:
             log.exception("decision batch failed; denying %d record(s)", len(records))
             return self._fail(records, exc, decided_at)
 
-    def _run(self, records: Sequence[RawRecord], decided_at: float) -> BatchOutput:
+    def _run(self, all_records: Sequence[RawRecord], decided_at: float) -> BatchOutput:
         snapshot = self.snapshot
         out = BatchOutput()
         t0 = time.perf_counter()
+        for raw in all_records:
+            if raw.offset is not None:
+                out.offsets[(raw.topic, raw.partition)] = max(
+                    out.offsets.get((raw.topic, raw.partition), 0), raw.offset + 1)
+        approvals = [r for r in all_records if self.approvals_topic and
+                     r.topic == self.approvals_topic]
+        records = [r for r in all_records if not (self.approvals_topic and
+                                                  r.topic == self.approvals_topic)]
         items: list[Action | Rejected] = [
             decode(raw, max_bytes=self.max_action_bytes, now=decided_at,
                    partitions=self.partitions) for raw in records]
@@ -86,6 +101,7 @@ class Runner:
         actions = [item for item in items if isinstance(item, Action)]
         decided = iter(core.decide(snapshot, actions, states, marks, decided_at))
         t2 = time.perf_counter()
+        held: Writes = {}
         for raw, item in zip(records, items, strict=True):
             if raw.offset is not None:
                 marks.advance(raw.partition, raw.offset + 1)
@@ -109,7 +125,14 @@ class Runner:
             seq = marks.next_seq(raw.partition) if raw.offset is not None and \
                 decision.partition == raw.partition else None
             self._emit(decision, raw, decided_at, out, seq)
+            if decision.decision == "pending":
+                held.setdefault(decision.partition, {})[pending_key(decision.request_id)] = \
+                    pending_entry(decision, raw)
+        for raw in approvals:
+            self._approval(raw, held, marks, decided_at, out)
         out.writes = states.writes()
+        for partition, part in held.items():
+            out.writes.setdefault(partition, {}).update(part)
         for partition, blob in marks.written().items():
             out.writes.setdefault(partition, {})[MARK_KEY] = blob
         tm = self.timings
@@ -118,6 +141,26 @@ class Runner:
         tm["seal"] += time.perf_counter() - t2
         tm["actions"] += len(records)
         return out
+
+    def _approval(self, raw: RawRecord, held: Writes, marks: PartitionMarks,
+                  decided_at: float, out: BatchOutput) -> None:
+        """An approval token: lift its hold (a final verdict) or dead-letter why not."""
+        def find(partition: int, key: str) -> bytes | None:
+            if key in held.get(partition, {}):
+                return held[partition][key]
+            return self.store.get(partition, key)
+
+        lifted = lift(self.snapshot, self.approvers, raw, find, decided_at,
+                      self.max_action_bytes)
+        if lifted.decision is None or lifted.partition is None:
+            out.deadletters.append(dead_letter(raw, lifted.refused or rc.APPROVAL_INVALID,
+                                               worker=self.worker_id, received_at=decided_at))
+            return
+        if lifted.delete is not None:
+            held.setdefault(lifted.partition, {})[lifted.delete] = None
+        seq = marks.next_seq(raw.partition) if raw.offset is not None and \
+            lifted.partition == raw.partition else None
+        self._emit(lifted.decision, raw, decided_at, out, seq)
 
     def _emit(self, decision: Decision, raw: RawRecord, decided_at: float,
               out: BatchOutput, seq: int | None = None) -> None:
@@ -137,6 +180,14 @@ class Runner:
         out = BatchOutput()
         error = f"internal error: {exc!r}"[:500]
         for raw in records:
+            if raw.offset is not None:
+                out.offsets[(raw.topic, raw.partition)] = max(
+                    out.offsets.get((raw.topic, raw.partition), 0), raw.offset + 1)
+            if self.approvals_topic and raw.topic == self.approvals_topic:
+                out.deadletters.append(dead_letter(raw, f"{rc.INTERNAL_ERROR}: {error}",
+                                                   worker=self.worker_id,
+                                                   received_at=decided_at))
+                continue
             if raw.offset is not None:
                 out.next_offsets[raw.partition] = max(out.next_offsets.get(raw.partition, 0),
                                                       raw.offset + 1)
@@ -172,5 +223,12 @@ class Runner:
         mark = PartitionMark.from_bytes(blob)
         if mark is None or not mark.event_time:
             return {}
-        return dict.fromkeys(idle_agents(self.store, partition, mark.event_time,
-                                         self.snapshot.idle_ttl))
+        stale: dict[str, bytes | None] = dict.fromkeys(idle_agents(
+            self.store, partition, mark.event_time, self.snapshot.idle_ttl))
+        for key in self.store.keys(partition):       # holds nobody can lift any more
+            if key.startswith(PENDING_PREFIX):
+                entry = orjson.loads(self.store.get(partition, key) or b"{}")
+                until = entry.get("deadline") or (entry.get("timestamp") or 0.0) + HOLD_MAX
+                if until < mark.event_time:
+                    stale[key] = None
+        return stale

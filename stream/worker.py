@@ -50,7 +50,8 @@ def build_runner(settings: Settings, store: StateStore, snapshot: Snapshot | Non
     return Runner(snapshot=snapshot or build_snapshot(settings), store=store,
                   partitions=settings.partitions, verdict_ttl=settings.verdict_ttl,
                   signer=signer, max_action_bytes=settings.max_action_bytes,
-                  worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}")
+                  worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
+                  approvals_topic=settings.approvals_topic, approvers=settings.approvers())
 
 
 def instance_id(settings: Settings) -> str:

@@ -51,6 +51,7 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path,
         base = dict(bootstrap=kafka_bootstrap, app_id=f"hg-test-{tag}",
                     actions_topic=f"t{tag}.actions", verdicts_topic=f"t{tag}.verdicts",
                     deadletter_topic=f"t{tag}.deadletter", control_topic=f"t{tag}.control",
+                    approvals_topic=f"t{tag}.approvals",
                     partitions=2, datadir=str(tmp_path / f"worker-{tag}"),
                     signing_key_file=verdict_keys["signing_key_file"],
                     trusted_keys=verdict_keys["trusted_keys"])

@@ -49,6 +49,9 @@ def test_cmd(settings: Settings, bundle: Path | None, verbose: bool) -> None:
             mark = click.style("PASS", fg="green") if r.ok else click.style("FAIL", fg="red")
             codes = ",".join(getattr(x, "code", str(x)) for x in r.reasons)
             click.echo(f"{mark} {r.name}: expected {r.expected}, got {r.actual} [{codes}]")
+            if not r.ok:                       # say what differed, not just the decision
+                for part in r.detail.split("; "):
+                    click.echo(f"       {part}")
     summary = f"{len(results) - len(failed)} passed, {len(failed)} failed"
     click.secho(summary, fg="red" if failed else "green")
     if failed or not results:
