@@ -45,6 +45,9 @@ def _register() -> None:
     cli.add_command(control_cmds.revoke)
     cli.add_command(control_cmds.suspend)
     cli.add_command(control_cmds.controls)
+    from holdgate.cli import approval_cmds
+    cli.add_command(approval_cmds.approvals)
+    cli.add_command(approval_cmds.approve)
     cli.add_command(policy_cmds.policy)
     cli.add_command(worker_cmd.worker)
     cli.add_command(client_cmds.send)

@@ -129,25 +129,27 @@ class AsyncGate:
     @overload
     async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
                     context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
-                    agent_id: str | None = ...,
+                    agent_id: str | None = ..., wait_for_approval: float = ...,
                     with_proof: Literal[False] = ...) -> Verdict: ...
     @overload
     async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
                     context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
-                    agent_id: str | None = ..., with_proof: Literal[True]) -> Checked: ...
+                    agent_id: str | None = ...,
+              wait_for_approval: float = ..., with_proof: Literal[True]) -> Checked: ...
 
     async def check(self, *, action: str, resource: Resource | Mapping[str, Any],
                     context: Mapping[str, Any] | None = None, timeout: float | None = None,
-                    agent_id: str | None = None,
+                    agent_id: str | None = None, wait_for_approval: float = 0.0,
                     with_proof: bool = False) -> Verdict | Checked:
         """Publish the action and await its verified verdict; any failure is a deny.
 
-        With `with_proof`, a `Checked` (see `Gate.check`).  Raises only for
+        `wait_for_approval` and `with_proof`: see `Gate.check`.  Raises only for
         caller bugs: `ValidationError` for an action that breaks the wire
         schema, `ConfigError` when no agent id is known.
         """
         p = self._core.begin(action=action, resource=resource, context=context,
-                             timeout=timeout, agent_id=agent_id)
+                             timeout=timeout, agent_id=agent_id,
+                             approval_wait=wait_for_approval)
         verdict = await self._check(p)
         return checked(p, verdict) if with_proof else verdict
 
@@ -179,11 +181,14 @@ class AsyncGate:
                     self._fence(admission.producer, f"send failed: {exc}")
                 return verdict
             self._core.sent(p)
-            try:
-                async with asyncio.timeout(max(0.0, p.deadline - clock.monotonic())):
-                    await p.waker
-            except TimeoutError:
-                pass
+            while p.result is None and (left := p.deadline - clock.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        await p.waker
+                except TimeoutError:      # or the deadline moved on (waiting for an approval)
+                    pass
+                if p.result is None and p.waker.done():
+                    p.waker = asyncio.get_running_loop().create_future()
         except BaseException:                 # cancelled: never deliver after we leave
             fence = self._core.abandon(p)
             if fence is not None:

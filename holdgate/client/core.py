@@ -21,6 +21,10 @@ The rules it keeps:
 * **Never delivered after its check returned.**  A check that ends with its
   action unacknowledged names the producer to fence (`expire`, `abandon`);
   a fenced or failed producer is replaced, never reused.
+* **A pending verdict is a deny.**  Unless the check asked to wait for an
+  approval (`approval_wait`): then it keeps waiting, that much longer, for the
+  final verdict the approval produces, and returns the pending one if none
+  comes.
 * **Fail closed and fast.**  While a session is being re-established after a
   failure, checks are denied UNAVAILABLE at once; a setup failure is answered
   from cache for `RETRY_AFTER` seconds instead of being retried per check.
@@ -43,7 +47,7 @@ __all__ = ["GateCore", "RETRY_AFTER", "COUNTERS"]
 
 RETRY_AFTER = 1.0          # seconds a setup failure is answered from cache
 BACKOFF = (0.2, 2.0)       # first and longest wait between reconnect attempts
-COUNTERS = ("sent", "verdicts", "ignored", "timeouts", "unavailable", "fences")
+COUNTERS = ("sent", "verdicts", "ignored", "timeouts", "unavailable", "fences", "held")
 
 
 class _Link:
@@ -126,16 +130,22 @@ class GateCore:
     # ------------------------------------------------------------------ checks
     def begin(self, *, action: str, resource: Resource | Mapping[str, Any],
               context: Mapping[str, Any] | None, timeout: float | None,
-              agent_id: str | None) -> Pending:
-        """Build the request and its bytes; raises only for caller bugs (no agent, bad action)."""
+              agent_id: str | None, approval_wait: float = 0.0) -> Pending:
+        """Build the request and its bytes; raises only for caller bugs (no agent, bad action).
+
+        With `approval_wait` the request's deadline covers the approval too: a
+        human's approval after it would lift nothing (the worker denies EXPIRED).
+        """
         agent = agent_id or self.agent_id
         if not agent:
             raise ConfigError(f"no agent_id: pass agent_id= to {self.name}() or to check()")
         wait = self.default_timeout if timeout is None else max(0.0, float(timeout))
+        extra = max(0.0, float(approval_wait or 0.0))
         wall = self.clock.time()
         request = ActionRequest.create(agent_id=agent, action=action, resource=resource,
-                                       context=context, occurred_at=wall, deadline=wall + wait)
-        return Pending(request, encode(request), wait, self.clock.monotonic() + wait)
+                                       context=context, occurred_at=wall,
+                                       deadline=wall + wait + extra)
+        return Pending(request, encode(request), wait, self.clock.monotonic() + wait, extra)
 
     def admit(self, p: Pending) -> Send | Deny | None:
         """Send, deny now, or None: wait for set-up (and call again when something changed)."""
@@ -187,6 +197,15 @@ class GateCore:
             if p is None:
                 self._stats["ignored"] += 1       # another gate's, or late after a timeout
                 continue
+            if p.approval_wait and p.held is None and isinstance(result, Verdict) \
+                    and result.decision == "pending":
+                # Wait on, once, for the verdict its approval produces (same request id).
+                held = verify_verdict(result, p.request, self.clock.time(), digest=p.digest)
+                if held.decision == "pending":
+                    p.held, p.deadline = (held, (raw, headers)), p.deadline + p.approval_wait
+                    self._pending[p.request_id] = p
+                    self._stats["held"] += 1
+                    continue
             p.result, p.record = result, (raw, headers)
             self._stats["verdicts"] += 1
             woken.append(p)
@@ -196,6 +215,10 @@ class GateCore:
         """The check's time is up: (its verdict, the producer to fence first, or None)."""
         if p.result is not None:                  # resolved in the same instant: use it
             return self.finish(p), None
+        if p.held is not None:                    # no approval came: the pending verdict
+            self._pending.pop(p.request_id, None)
+            p.record = p.held[1]
+            return p.held[0], None
         self._stats["timeouts"] += 1
         verdict = local_deny(p.request, code=TIMEOUT, digest=p.digest, message=(
             f"no verdict within {p.timeout:g}s; a verdict arriving later is ignored"))

@@ -72,10 +72,10 @@ class Pending:
     """
 
     __slots__ = ("request", "value", "key", "digest", "timeout", "deadline", "partition",
-                 "producer", "acked", "result", "record", "waker")
+                 "producer", "acked", "result", "record", "waker", "approval_wait", "held")
 
     def __init__(self, request: ActionRequest, value: bytes, timeout: float,
-                 deadline: float) -> None:
+                 deadline: float, approval_wait: float = 0.0) -> None:
         self.request, self.value, self.timeout, self.deadline = request, value, timeout, deadline
         self.key = request.agent_id.encode()
         self.digest = action_digest(value)
@@ -86,6 +86,11 @@ class Pending:
         #: The verdict record (value, headers) that resolved it, for `check(with_proof=True)`.
         self.record: tuple[bytes | None, tuple[tuple[str, bytes], ...]] | None = None
         self.waker: Any = None
+        #: Seconds a pending verdict may wait on for an approval (0: return it at once).
+        self.approval_wait = approval_wait
+        #: The verified pending verdict (and its record) while waiting for the approval.
+        self.held: tuple[Verdict, tuple[bytes | None, tuple[tuple[str, bytes], ...]]] | None \
+            = None
 
     @property
     def request_id(self) -> str:

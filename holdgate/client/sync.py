@@ -83,24 +83,31 @@ class Gate:
     @overload
     def check(self, *, action: str, resource: Resource | Mapping[str, Any],
               context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
-              agent_id: str | None = ..., with_proof: Literal[False] = ...) -> Verdict: ...
+              agent_id: str | None = ...,
+              wait_for_approval: float = ..., with_proof: Literal[False] = ...) -> Verdict: ...
     @overload
     def check(self, *, action: str, resource: Resource | Mapping[str, Any],
               context: Mapping[str, Any] | None = ..., timeout: float | None = ...,
-              agent_id: str | None = ..., with_proof: Literal[True]) -> Checked: ...
+              agent_id: str | None = ...,
+              wait_for_approval: float = ..., with_proof: Literal[True]) -> Checked: ...
 
     def check(self, *, action: str, resource: Resource | Mapping[str, Any],
               context: Mapping[str, Any] | None = None, timeout: float | None = None,
-              agent_id: str | None = None, with_proof: bool = False) -> Verdict | Checked:
+              agent_id: str | None = None, wait_for_approval: float = 0.0,
+              with_proof: bool = False) -> Verdict | Checked:
         """Publish the action and wait for its verified verdict; any failure is a deny.
 
+        `wait_for_approval`: seconds a *pending* verdict (the policy wants an
+        approver's signature, `holdgate approve`) may wait on for the final one;
+        0 returns the pending verdict at once, which is a deny like any other.
         `with_proof`: a `Checked` (the verdict, the action bytes, the worker's
         signed record) for an executor to verify itself (`holdgate.executor`).
         Raises only for caller bugs: `ValidationError` for an action that
         breaks the wire schema, `ConfigError` when no agent id is known.
         """
         p = self._core.begin(action=action, resource=resource, context=context,
-                             timeout=timeout, agent_id=agent_id)
+                             timeout=timeout, agent_id=agent_id,
+                             approval_wait=wait_for_approval)
         verdict = self._check(p)
         return checked(p, verdict) if with_proof else verdict
 

@@ -80,7 +80,7 @@ def _problem(verdict: Verdict, request: ActionRequest, now: float,
         return f"verdict is for request {verdict.request_id!r}, not {request.request_id!r}"
     if verdict.agent_id != request.agent_id:
         return f"verdict is for agent {verdict.agent_id!r}, not {request.agent_id!r}"
-    if verdict.decision == "deny":
+    if verdict.decision in ("deny", "pending"):    # holds the action; frees nothing
         return None
     if verdict.decision != "allow":
         return f"unknown decision {verdict.decision!r}"

@@ -67,7 +67,7 @@ def test_revoke_applies_within_a_second_survives_restart_and_undo_restores(
         first = _until(gate, "REVOKED")
         assert first.decided_at - published < 1.0, first.decided_at - published
         assert "prompt injection" in first.reasons[0].message
-        assert _read(gate, "support-bot-1").allowed or True       # others carry on
+        assert "REVOKED" not in _read(gate, "support-bot-1").codes  # others carry on
         worker.stop()
         start_worker(settings)
         assert _read(gate).codes == ["REVOKED"]                     # after a restart too
