@@ -16,13 +16,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from holdgate.errors import KafkaSetupError
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "ensure_jars", "default_cache_dir"]
+__all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "ensure_jars", "default_cache_dir",
+           "SASL_USERS"]
 
 KAFKA_VERSION = "4.0.2"
 LOG4J_VERSION = "2.25.3"
@@ -53,6 +54,13 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 logger.kafka.name = kafka
 logger.kafka.level = WARN
 """
+
+
+#: Principals of a ``security="sasl_plain"`` broker (test passwords, not secrets):
+#: admin is the super user; the others get only the ACLs a test grants (docs/acls.md).
+SASL_USERS = {name: f"{name}-secret" for name in (
+    "admin", "worker", "runtime", "executor", "operator", "approver", "analyst")}
+SECURITY_MODES = ("plaintext", "sasl_plain")
 
 
 def default_cache_dir() -> Path:
@@ -104,6 +112,12 @@ class LocalKafka:
     controller_port: int = 0
     version: str = KAFKA_VERSION
     cache_dir: Path | None = None
+    # "sasl_plain": the client listener is SASL_PLAINTEXT (PLAIN, users of `users`) behind
+    # StandardAuthorizer with User:admin as super user and deny by default: a broker
+    # whose ACLs are real, for testing docs/acls.md.  The controller listener stays
+    # PLAINTEXT on 127.0.0.1; its principal (User:ANONYMOUS) must be a super user too.
+    security: str = "plaintext"
+    users: dict[str, str] = field(default_factory=lambda: dict(SASL_USERS))
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
@@ -112,10 +126,62 @@ class LocalKafka:
             self.port = int(state.get("port") or 0) or free_port()
         if not self.controller_port:
             self.controller_port = int(state.get("controller_port") or 0) or free_port()
+        if self.security == "plaintext" and state.get("security"):
+            self.security = str(state["security"])
+        if self.security not in SECURITY_MODES:
+            raise KafkaSetupError(f"security must be one of {SECURITY_MODES}, "
+                                  f"not {self.security!r}")
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl(self) -> bool:
+        return self.security == "sasl_plain"
+
+    def settings_for(self, user: str) -> dict[str, str]:
+        """`Settings` fields (HOLDGATE_* names lower-cased) for clients acting as `user`."""
+        if not self.sasl:
+            return {}
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                "sasl_username": user, "sasl_password": self.users[user]}
+
+    def client_options(self, user: str = "admin") -> dict[str, str]:
+        """kafka-python keyword arguments for a client acting as `user`."""
+        opts = self.settings_for(user)
+        return {"security_protocol": opts["security_protocol"],
+                "sasl_mechanism": opts["sasl_mechanism"],
+                "sasl_plain_username": user,
+                "sasl_plain_password": opts["sasl_password"]} if opts else {}
+
+    def _listener_config(self) -> list[str]:
+        if not self.sasl:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            ]
+        admin = self.users["admin"]
+        jaas = " ".join([
+            "org.apache.kafka.common.security.plain.PlainLoginModule required",
+            f'username="admin" password="{admin}"',
+            *(f'user_{name}="{password}"' for name, password in self.users.items())]) + ";"
+        return [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users=User:admin;User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
+        ]
 
     @property
     def _state_file(self) -> Path:
@@ -151,12 +217,8 @@ class LocalKafka:
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            *self._listener_config(),
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             f"log.dirs={data}",
             "num.partitions=1",
             # Topics are created deliberately with the configured partition count;
@@ -217,7 +279,7 @@ class LocalKafka:
         log.close()
         self._state_file.write_text(json.dumps({
             "pid": proc.pid, "port": self.port, "controller_port": self.controller_port,
-            "version": self.version}))
+            "version": self.version, "security": self.security}))
         try:
             self.wait_ready(timeout, proc=proc)
         except KafkaSetupError:
@@ -248,7 +310,8 @@ class LocalKafka:
         from kafka import KafkaAdminClient  # local: keep this module importable on its own
         try:
             admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000,
-                                     client_id="holdgate-localkafka")
+                                     client_id="holdgate-localkafka",
+                                     **self.client_options("admin"))
             try:
                 admin.describe_cluster()
                 admin.list_topics()
