@@ -17,9 +17,10 @@ from typing import Any, Iterator
 import click
 
 from holdgate.events import Verdict
+from holdgate.keys import Signer
 from holdgate.settings import Settings
 
-__all__ = ["approve", "approvals"]
+__all__ = ["approve", "approvals", "held_actions", "publish_approval"]
 
 _SINCE = click.option("--since", default="24h", show_default=True,
                       help="How far back to look for held actions (e.g. 30m, 24h, ISO time).")
@@ -27,7 +28,7 @@ _AGENT = click.option("--agent", default=None,
                       help="Only this agent (reads just its partition: much faster).")
 
 
-def _held(settings: Settings, since: str, agent: str | None) -> Iterator[tuple[Verdict, str]]:
+def held_actions(settings: Settings, since: str, agent: str | None) -> Iterator[tuple[Verdict, str]]:
     """Pending verdicts still open, verified, oldest first: (verdict, problem-or-'')."""
     import orjson
 
@@ -63,6 +64,32 @@ def _held(settings: Settings, since: str, agent: str | None) -> Iterator[tuple[V
     yield from sorted(open_.values(), key=lambda vp: vp[0].decided_at)
 
 
+def publish_approval(settings: Settings, signer: Signer, verdict: Verdict, *, role: str,
+                     approver: str, ttl: float) -> None:
+    """Sign a token for the action `verdict` held and put it where its worker reads it."""
+    from kafka import KafkaProducer
+
+    from holdgate.approvals import Approval
+    from holdgate.kafka_options import kafka_python_options
+    from holdgate.routing import partition_for
+    from holdgate.signing import sign_headers
+    from holdgate.topics import ensure_topics
+
+    token = Approval.mint(request_id=verdict.request_id, agent_id=verdict.agent_id,
+                          action_digest=verdict.action_digest, role=role, approver=approver,
+                          ttl=ttl)
+    value = token.to_bytes()
+    ensure_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                             client_id="holdgate-approve", **kafka_python_options(settings))
+    try:
+        producer.send(settings.approvals_topic, key=verdict.agent_id.encode(), value=value,
+                      partition=partition_for(verdict.agent_id, settings.partitions),
+                      headers=list(sign_headers(signer, value))).get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
 def _describe(v: Verdict) -> str:
     req: dict[str, Any] = dict(v.request or {})
     res = req.get("resource") or {}
@@ -90,7 +117,7 @@ def _describe(v: Verdict) -> str:
 def approvals(settings: Settings, since: str, agent: str | None) -> None:
     """List actions held for an approval that no later verdict has decided."""
     count = 0
-    for verdict, problem in _held(settings, since, agent):
+    for verdict, problem in held_actions(settings, since, agent):
         count += 1
         flag = click.style(f"  UNVERIFIED: {problem}", fg="red") if problem else ""
         req = verdict.request or {}
@@ -127,21 +154,14 @@ def approve(settings: Settings, request_id: str, role: str | None, key_file: Pat
       holdgate approvals --since 1h
       holdgate approve 7b0c...e1 --role human --key ~/.holdgate/alice.key
     """
-    from kafka import KafkaProducer
-
-    from holdgate.approvals import Approval
-    from holdgate.kafka_options import kafka_python_options
     from holdgate.keys import load_signer
-    from holdgate.routing import partition_for
-    from holdgate.signing import sign_headers
-    from holdgate.topics import ensure_topics
 
     path = key_file or settings.approver_key_file
     if not path:
         raise click.UsageError("no approver key: --key FILE or HOLDGATE_APPROVER_KEY_FILE "
                                "(`holdgate keys generate --name alice`)")
     signer = load_signer(path)
-    found = [(v, p) for v, p in _held(settings, since, agent) if v.request_id == request_id]
+    found = [(v, p) for v, p in held_actions(settings, since, agent) if v.request_id == request_id]
     if not found:
         raise click.ClickException(
             f"no held action {request_id} on {settings.verdicts_topic} since {since}: it was "
@@ -159,18 +179,7 @@ def approve(settings: Settings, request_id: str, role: str | None, key_file: Pat
     click.echo(_describe(verdict))
     if not yes:
         click.confirm(f"approve this action as {role}?", abort=True)
-    token = Approval.mint(request_id=verdict.request_id, agent_id=verdict.agent_id,
-                          action_digest=verdict.action_digest, role=role,
-                          approver=approver or getpass.getuser(), ttl=ttl)
-    value = token.to_bytes()
-    ensure_topics(settings)
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                             client_id="holdgate-approve", **kafka_python_options(settings))
-    try:
-        producer.send(settings.approvals_topic, key=verdict.agent_id.encode(), value=value,
-                      partition=partition_for(verdict.agent_id, settings.partitions),
-                      headers=list(sign_headers(signer, value))).get(timeout=10)
-    finally:
-        producer.close(timeout=5)
+    publish_approval(settings, signer, verdict, role=role,
+                     approver=approver or getpass.getuser(), ttl=ttl)
     click.secho(f"approved {request_id} as {role} (signed by {signer.key_id}, usable for "
                 f"{ttl:g}s); the worker decides it again now", fg="green")

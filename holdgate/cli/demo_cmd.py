@@ -65,12 +65,47 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
                         bold=True)
             run_policy_tour(gate, tour, show_tour, timeout=timeout)
             _summary("policy tour", tour)
+            if settings.approver_key_file:
+                _approval_scene(settings, gate, timeout)
         if not skip_burst:
             click.secho("\n── phase 2: machine speed (runaway loop, record sweep) ─────────",
                         bold=True)
             burst.started = time.monotonic()
             run_machine_speed(gate, burst, show_burst, timeout=timeout)
             _summary("machine speed", burst)
+
+
+def _approval_scene(settings: Settings, gate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """A held refund, found and signed by a human approver, lifted by the worker."""
+    from holdgate.cli.approval_cmds import held_actions, publish_approval
+    from holdgate.cli.fleet import APPROVAL_STEP, run_approval
+    from holdgate.keys import load_signer
+
+    click.secho("\n── a human approves a held action ──────────────────────────────", bold=True)
+    signer = load_signer(settings.approver_key_file)
+
+    def approve(since: float):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [v for v, problem in held_actions(settings, "10m", APPROVAL_STEP.agent)
+                     if not problem and v.decided_at >= since - 1.0]
+            if found:
+                click.echo(verdict_line(found[-1]))
+                click.secho("           ↳ the agent holds; `holdgate approve` as a human "
+                            f"(key {signer.key_id}) ...", dim=True)
+                publish_approval(settings, signer, found[-1], role="human",
+                                 approver="demo-approver", ttl=60.0)
+                return found[-1]
+            time.sleep(0.2)
+        return None
+
+    held, final = run_approval(gate, approve, timeout=timeout)
+    click.echo(verdict_line(final))
+    if held is None:
+        click.secho("           ↳ the hold was not found in time: the agent got a deny", fg="red")
+    else:
+        click.secho(f"           ↳ {APPROVAL_STEP.note}: the worker decided it again with "
+                    "context.approval and signed the final verdict", dim=True)
 
 
 def _summary(title: str, report) -> None:  # type: ignore[no-untyped-def]

@@ -19,8 +19,8 @@ from typing import Any, Callable
 from holdgate.client import Gate
 from holdgate.events import Verdict
 
-__all__ = ["Step", "POLICY_TOUR", "FleetReport", "run_policy_tour", "run_machine_speed",
-           "wait_for_gate"]
+__all__ = ["Step", "POLICY_TOUR", "APPROVAL_STEP", "FleetReport", "run_policy_tour",
+           "run_machine_speed", "run_approval", "wait_for_gate"]
 
 
 @dataclass(frozen=True)
@@ -46,20 +46,25 @@ POLICY_TOUR: tuple[Step, ...] = (
     Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5001"),
          {"amount_cents": 4500}, note="small refund"),
     Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5002"),
-         {"amount_cents": 90000}, note="large refund, no approval"),
+         {"amount_cents": 90000}, note="large refund: held for a human approver"),
     Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5002"),
-         {"amount_cents": 90000, "approvals": ["human"]}, note="same, approved by a human"),
+         {"amount_cents": 90000, "approvals": ["human"]}, note="same, the agent claims a human approved: still held"),
     Step("coder-bot-1", "repo.push", _r("Repository", "holdgate-sandbox"),
          note="push to staging"),
     Step("coder-bot-1", "repo.push", _r("Repository", "holdgate", environment="staging"),
-         note="push to production, lying that it is staging"),
+         note="push to production, claiming it is staging: held"),
     Step("coder-bot-1", "deploy.create", _r("Deployment", "payments-api-prod"),
-         {"approvals": ["human"]}, note="approved production deploy"),
+         {"approvals": ["human"]}, note="production deploy, self-approved: held"),
     Step("support-bot-2", "payments.refund", _r("Payment", "pay-5001"),
          {"amount_cents": 100}, note="support agent tries a refund"),
     Step("rogue-agent-9", "records.read", _r("Record", "hr-salaries"),
          note="an agent nobody registered"),
 )
+
+
+#: The held action a human approves in the demo (the tour's large refund).
+APPROVAL_STEP = Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5002"),
+                     {"amount_cents": 90000}, note="a human approved it")
 
 
 @dataclass
@@ -162,3 +167,22 @@ def run_machine_speed(gate: Gate, report: FleetReport, show: Callable[[Step, Ver
         t.start()
     for t in threads:
         t.join()
+
+
+def run_approval(gate: Gate, approve: Callable[[float], Verdict | None],
+                 timeout: float = 5.0, wait: float = 30.0) -> tuple[Verdict | None, Verdict]:
+    """The agent holds for an approval while `approve` (the human) finds and signs it.
+
+    `approve(since)` looks for the hold decided after `since` (wall clock) and
+    approves it, returning the pending verdict it approved (None if it found none).
+    """
+    result: dict[str, Verdict] = {}
+    since = time.time()
+    step = APPROVAL_STEP
+    waiting = threading.Thread(target=lambda: result.setdefault("v", gate.check(
+        action=step.action, resource=step.resource, context=step.context, timeout=timeout,
+        agent_id=step.agent, wait_for_approval=wait)), daemon=True)
+    waiting.start()
+    held = approve(since)
+    waiting.join(timeout + wait + 5)
+    return held, result["v"]
