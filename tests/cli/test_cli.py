@@ -101,16 +101,34 @@ def test_send_prints_a_timeout_deny_without_a_worker(gate_settings) -> None:  # 
 def test_send_and_tail_against_a_running_worker(gate_settings, start_worker) -> None:  # type: ignore[no-untyped-def]
     start_worker(gate_settings)
     env = gate_settings.to_env()
-    out = _run("send", "--agent", "coder-bot-1", "--action", "repo.push",
-               "--resource", "Repository:holdgate", env=env)
-    assert out.returncode == 1, out.stderr
-    assert "DENY" in out.stdout and "PRODUCTION_CHANGE" in out.stdout
-    out = _run("send", "--agent", "coder-bot-1", "--action", "repo.push",
-               "--resource", "Repository:holdgate", "--context", '{"approvals": ["human"]}',
-               env=env)
+    push = ("send", "--agent", "coder-bot-1", "--action", "repo.push")
+    # A production push is held for a human approval: `send` prints the hold (with the
+    # role it awaits) and exits 1, since a pending verdict is a deny until approved.
+    out = _run(*push, "--resource", "Repository:holdgate", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "HOLD" in out.stdout and "ALLOW" not in out.stdout and "DENY" not in out.stdout
+    assert "PRODUCTION_CHANGE (production-push-approval) awaits human approval" in out.stdout
+    # An agent cannot approve itself: approvals in its own context change nothing.
+    out = _run(*push, "--resource", "Repository:holdgate", "--context",
+               '{"approvals": ["human"]}', "--json", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    verdict = json.loads(out.stdout)
+    assert verdict["decision"] == "pending" and verdict["awaiting"] == "human"
+    assert [(r["code"], r["policy_id"]) for r in verdict["reasons"]] == [
+        ("PRODUCTION_CHANGE", "production-push-approval")]
+    assert verdict["request"]["context"] == {"approvals": ["human"]}
+    # ... nor send the verified approval the worker would set: refused before it is sent.
+    out = _run(*push, "--resource", "Repository:holdgate", "--context",
+               '{"approval": {"role": "human", "approver": "coder-bot-1"}}', env=env)
+    assert out.returncode == 2 and "context.approval" in out.stderr, out.stdout + out.stderr
+    assert "ALLOW" not in out.stdout
+    # A push to the repository the entity store knows as staging needs nobody.
+    out = _run(*push, "--resource", "Repository:holdgate-sandbox", env=env)
     assert out.returncode == 0 and "ALLOW" in out.stdout, out.stdout + out.stderr
-    out = _run("tail", "--from-beginning", "--agent", "coder-bot-1", "--max", "2", env=env)
+    out = _run("tail", "--from-beginning", "--agent", "coder-bot-1", "--max", "3", env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2 and "DENY" in lines[0] and "ALLOW" in lines[1]
-    assert all("repo.push Repository:holdgate" in line for line in lines)
+    assert len(lines) == 3, out.stdout
+    assert all(" HOLD " in line and "repo.push Repository:holdgate " in line
+               and "awaits human approval" in line for line in lines[:2]), lines
+    assert " ALLOW " in lines[2] and "repo.push Repository:holdgate-sandbox" in lines[2]

@@ -146,11 +146,51 @@ def test_policy_with_undeclared_entity_type_is_refused(make_bundle: BundleFactor
     ('@id("x")\n@code("not-upper")\nforbid (principal, action, resource);', "UPPER_SNAKE_CASE"),
     ('@id("x")\n@code("X")\npermit (principal, action, resource);', "forbid policies only"),
     ('@id("t")\npermit (principal == ?principal, action, resource);', "templates"),
+    ('@id("x")\n@approval("human")\npermit (principal, action, resource);',
+     '@approval("<role>") belongs on forbid policies only'),
+    ('@id("x")\n@approval("two words")\nforbid (principal, action, resource);',
+     "names the approver role"),
 ])
 def test_policy_annotations_are_enforced(make_bundle: BundleFactory, policy: str,
                                          expected: str) -> None:
     message = _load_error(make_bundle(append={"policy.cedar": "\n" + policy + "\n"}))
     assert "policy.cedar" in message and expected in message
+
+
+@pytest.mark.parametrize("annotation, effect", [
+    ('@approval("human")', "permit"),
+    ('@approval("two words")', "forbid"),
+    ('@approval("")', "forbid"),
+    ("@approval", "forbid"),
+    ('@approval("-human")', "forbid"),
+    ('@approval("human,finance")', "forbid"),
+])
+def test_a_misplaced_or_malformed_approval_is_refused_with_a_clear_message(
+        make_bundle: BundleFactory, annotation: str, effect: str) -> None:
+    root = make_bundle()
+    lines = len((root / "policy.cedar").read_text().splitlines())
+    with (root / "policy.cedar").open("a") as fh:
+        fh.write(f'\n@id("x")\n{annotation}\n{effect} (principal, action, resource);\n')
+    message = _load_error(root)
+    # the policy by line, the rule, and how to write it
+    assert re.search(rf"policy\.cedar line {lines + 2} \({effect} #\d+\): ", message), message
+    assert '@approval("<role>") belongs on forbid policies only' in message
+    assert 'names the approver role, e.g. @approval("human")' in message
+    assert message.count("@approval") == 2          # one problem: this policy's
+
+
+def test_approvable_forbids_load(make_bundle: BundleFactory) -> None:
+    root = make_bundle(append={"policy.cedar": '\n@id("x")\n@code("X")\n@approval("finance")\n'
+                                               "forbid (principal, action, resource);\n"})
+    bundle = PolicyBundle.load(root)
+    assert bundle.policies["x"].annotations["approval"] == "finance"
+    default = PolicyBundle.load(default_bundle_path())
+    approvable = {pid for pid, i in default.policies.items() if "approval" in i.annotations}
+    assert approvable == {"restricted-data-approval", "restricted-records-approval",
+                          "production-push-approval", "production-deploy-approval",
+                          "refund-over-limit", "bulk-email-approval"}
+    assert all(default.policies[p].effect == "forbid"
+               and default.policies[p].annotations["approval"] == "human" for p in approvable)
 
 
 def test_policy_reading_an_unknown_signal_is_refused(make_bundle: BundleFactory) -> None:
