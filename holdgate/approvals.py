@@ -75,9 +75,12 @@ class Approval:
         at = time.time() if now is None else now
         return cls(request_id, agent_id, action_digest, role, approver, at, at + ttl)
 
-    def context(self) -> dict[str, str]:
-        """What policies see: the verified role and who approved (``context.approval``)."""
-        return {"role": self.role, "approver": self.approver}
+    def context(self, earlier: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+        """What policies see (``context.approval``): the verified role, who approved, and
+        every role that approved the same held action so far (``roles``, for actions that
+        need two approvals: ``context.approval.roles.contains("finance")``)."""
+        return {"role": self.role, "approver": self.approver,
+                "roles": sorted({*earlier, self.role})}
 
 
 class ApproverKeys:

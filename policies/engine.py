@@ -396,17 +396,22 @@ class PolicyEngine:
         held = []
         for member, answer in zip(group.members, answers):
             decision = results[member[0]] = self._to_decision(answer, items[member[0]][0])
-            if decision.decision == "deny" and self._approvable and decision.reasons and all(
-                    r.policy_id in self._approvable for r in decision.reasons):
+            if self._holdable(decision):
                 held.append(member)
         if held:
-            self._hold(group, held, results)
+            self._hold(entities, held, results)
 
-    def _hold(self, group: _Group, held: list[tuple[int, dict[str, Any], Uid]],
+    def _holdable(self, decision: PolicyDecision) -> bool:
+        """Denied only by approvable forbids that *decided* (an evaluation error never holds:
+        an approver would be asked to lift something that fails again)."""
+        return decision.decision == "deny" and bool(self._approvable) and bool(
+            decision.reasons) and all(r.policy_id in self._approvable and
+                                      r.code != codes.POLICY_ERROR for r in decision.reasons)
+
+    def _hold(self, entities: cedarpy.Entities, held: list[tuple[int, dict[str, Any], Uid]],
               results: list[PolicyDecision | None]) -> None:
         """Approvable forbids only: pending if a permit matches, else the deny stands."""
         try:
-            entities = self._with_delta([e for _, e in group.delta.values()])
             permits = cedarpy.is_authorized_batch([req for _, req, _ in held],
                                                   self._permit_set, entities)
         except Exception:  # noqa: BLE001 - the deny stands: fail closed
@@ -430,10 +435,13 @@ class PolicyEngine:
                 continue
             try:
                 answer = cedarpy.is_authorized_batch([cedar_request], self._policy_set, entities)[0]
-                results[index] = self._to_decision(answer, items[index][0])
+                decision = results[index] = self._to_decision(answer, items[index][0])
             except Exception as exc:  # noqa: BLE001
                 results[index] = _deny(codes.POLICY_ERROR,
                                        f"Cedar could not evaluate this request: {exc}")
+                continue
+            if self._holdable(decision):     # as in a shared call: neighbours change nothing
+                self._hold(entities, [(index, cedar_request, uid)], results)
 
     def _with_delta(self, delta: list[dict[str, Any]]) -> cedarpy.Entities:
         if not delta:

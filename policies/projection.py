@@ -24,6 +24,9 @@ policies' JSON form (EST), the parts that matter:
   ``principal.ticket.priority``) may land on the request's own resource under
   another name, so it makes every attribute of the resource, and its id,
   matter;
+* **the worker's own records**: ``context.approval`` is set by the worker from a
+  verified approval token (agents cannot send that key) and holds strings only,
+  so ``context.approval.role`` reads context key ``approval``, not an entity;
 * **signals**: a signal only ever compared with integer literals cannot be
   told apart within the same *bucket* between cut points (``> 20`` cuts at
   21); any other use makes its raw value matter.  Every cut list also cuts at
@@ -45,7 +48,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Projection", "project", "bucket", "CONTEXT_SIGNALS", "LONG_RANGE_CUTS"]
+__all__ = ["Projection", "project", "bucket", "CONTEXT_SIGNALS", "LONG_RANGE_CUTS",
+           "WORKER_RECORDS"]
 
 CONTEXT_SIGNALS = {".": {"left": {"Var": "context"}, "attr": "signals"}}
 _CONTEXT = {"Var": "context"}
@@ -53,6 +57,8 @@ _RESOURCE = {"Var": "resource"}
 _COMPARE = {">", ">=", "<", "<=", "==", "!="}
 _MIRROR = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "==": "==", "!=": "!="}
 _PRINCIPAL = {"Var": "principal"}
+#: Context keys only the worker sets, holding records of strings/sets (never entities).
+WORKER_RECORDS = frozenset({"approval"})
 #: Cedar's Long range: values outside it fail the request, so they get buckets of their own.
 LONG_RANGE_CUTS = (-(2**63), 2**63)
 
@@ -98,6 +104,17 @@ def _entity(node: Any) -> tuple[str, str] | None:
         if isinstance(value, dict) and isinstance(value.get("__entity"), dict):
             ent = value["__entity"]
             return str(ent.get("type")), str(ent.get("id"))
+    return None
+
+
+def _context_root(node: Any) -> str | None:
+    """``k`` when `node` is ``context.k`` or a longer attribute chain from it."""
+    while isinstance(node, dict) and len(node) == 1 and isinstance(node.get("."), dict):
+        body = node["."]
+        if body.get("left") == _CONTEXT:
+            attr = body.get("attr")
+            return attr if isinstance(attr, str) else None
+        node = body.get("left")
     return None
 
 
@@ -167,6 +184,10 @@ class _Walker:
                 return True
             if left == _RESOURCE:
                 self.resource_attrs.add(body["attr"])
+                return True
+            root = _context_root(left)
+            if root in WORKER_RECORDS:
+                self.context_keys.add(root)
                 return True
             if left != _PRINCIPAL and left != CONTEXT_SIGNALS:
                 # An entity reached another way may be the request's own resource.

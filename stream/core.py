@@ -259,7 +259,7 @@ def _expire(action: Action, outcome: Outcome, reasons: tuple[Reason, ...], decid
 
 
 def redecide(snapshot: Snapshot, action: Action, signals: Mapping[str, int],
-             approval: Mapping[str, str], decided_at: float, event_time: float) -> Decision:
+             approval: Mapping[str, Any], decided_at: float, event_time: float) -> Decision:
     """Decide a held action again, with a verified approval (the worker checked the token).
 
     The action was counted when it was first held, so the signals it was held

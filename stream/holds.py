@@ -56,6 +56,7 @@ class Lifted:
     refused: str | None = None          # dead-letter reason
     partition: int | None = None
     delete: str | None = None           # pending key to delete
+    update: tuple[str, bytes] | None = None  # pending entry to rewrite (roles so far)
 
 
 def lift(snapshot: Snapshot, approvers: ApproverKeys | None, raw: RawRecord,
@@ -68,7 +69,8 @@ def lift(snapshot: Snapshot, approvers: ApproverKeys | None, raw: RawRecord,
     token, problem = approvers.verify(raw.value, raw.headers)
     if token is None:
         return Lifted(refused=f"{rc.APPROVAL_INVALID}: {problem}")
-    partition = partition_for(token.agent_id, snapshot.partitions or 1)
+    partition = partition_for(token.agent_id, snapshot.partitions) if snapshot.partitions \
+        else raw.partition                 # as the runner placed the hold (edges)
     key = pending_key(token.request_id)
     blob = find(partition, key)
     if blob is None:
@@ -97,7 +99,10 @@ def lift(snapshot: Snapshot, approvers: ApproverKeys | None, raw: RawRecord,
     if not isinstance(action, Action):                  # it decoded when it was held
         return Lifted(refused=f"{rc.APPROVAL_UNMATCHED}: the held action no longer decodes: "
                               f"{action.error}")
-    decision = core.redecide(snapshot, action, entry["signals"], token.context(), decided_at,
-                             at)
-    still = decision.decision == "pending"             # another approver role still awaited
-    return Lifted(decision=decision, partition=partition, delete=None if still else key)
+    earlier = [str(r) for r in entry.get("roles") or ()]
+    decision = core.redecide(snapshot, action, entry["signals"], token.context(earlier),
+                             decided_at, at)
+    if decision.decision == "pending":      # another role still awaited: remember this one
+        kept = orjson.dumps({**entry, "roles": sorted({*earlier, token.role})})
+        return Lifted(decision=decision, partition=partition, update=(key, kept))
+    return Lifted(decision=decision, partition=partition, delete=key)

@@ -158,6 +158,8 @@ class Runner:
             return
         if lifted.delete is not None:
             held.setdefault(lifted.partition, {})[lifted.delete] = None
+        if lifted.update is not None:
+            held.setdefault(lifted.partition, {})[lifted.update[0]] = lifted.update[1]
         seq = marks.next_seq(raw.partition) if raw.offset is not None and \
             lifted.partition == raw.partition else None
         self._emit(lifted.decision, raw, decided_at, out, seq)

@@ -201,7 +201,7 @@ class GateCore:
                     and result.decision == "pending":
                 # Wait on, once, for the verdict its approval produces (same request id).
                 held = verify_verdict(result, p.request, self.clock.time(), digest=p.digest)
-                if held.decision == "pending":
+                if held.decision == "pending" and held.key_id:   # signed: not a forger's stall
                     p.held, p.deadline = (held, (raw, headers)), p.deadline + p.approval_wait
                     self._pending[p.request_id] = p
                     self._stats["held"] += 1

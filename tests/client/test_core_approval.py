@@ -12,7 +12,7 @@ from test_core import AGENT, SIGNER, FakeClock, bring_up, check, new_core
 from holdgate.client.core import GateCore
 from holdgate.client.steps import Pending
 from holdgate.events import Reason, Verdict, decode_request, encode
-from holdgate.reasons import INVALID_VERDICT, PERMITTED, TIMEOUT
+from holdgate.reasons import PERMITTED, TIMEOUT
 from holdgate.signing import sign_headers
 
 Record = tuple[bytes, tuple[tuple[str, bytes], ...]]
@@ -136,12 +136,17 @@ def test_an_unsigned_pending_record_is_never_an_allow(core: GateCore, clock: Fak
     result = core.finish(p)
     assert not result.allowed and result.key_id is None
 
+    # An unsigned pending record does not start the wait for an approval (a forger could
+    # only stall the runtime with it): it resolves the check at once, as a deny.
     waiting = check(core, timeout=2.0, approval_wait=10.0)
     core.admit(waiting)
+    deadline = waiting.deadline
     core.receive([verdict(waiting, clock, "pending", signed=False)])
-    core.receive([verdict(waiting, clock, "allow", signed=False)])   # a forged lift
+    assert waiting.deadline == deadline and core.stats["held"] == 0
     result = core.finish(waiting)
-    assert not result.allowed and result.codes == [INVALID_VERDICT]
+    assert not result.allowed and result.decision == "pending" and result.key_id is None
+    late = core.receive([verdict(waiting, clock, "allow", signed=False)])   # a forged lift
+    assert late == []                                 # nobody is waiting for it any more
 
 
 def test_an_unsigned_held_pending_expires_as_a_deny(core: GateCore, clock: FakeClock) -> None:

@@ -637,10 +637,8 @@ def test_approvable_forbids_load_with_their_roles() -> None:
         "hard-limit": None}
 
 
-# ------------------------------------------------ known problems (xfail) --
+# ------------------------------------------- problems found and fixed --
 
-@pytest.mark.xfail(strict=True, reason="engine: an evaluation error in an approvable forbid "
-                   "is held (pending, awaiting human) instead of denied with POLICY_ERROR")
 def test_an_evaluation_error_in_an_approvable_forbid_denies(
         engine: PolicyEngine, make_request: MakeRequest) -> None:
     # recipient_count must be a Long: bulk-email-approval (approvable) errors.
@@ -650,9 +648,6 @@ def test_an_evaluation_error_in_an_approvable_forbid_denies(
     assert decision.decision == "deny" and decision.awaiting is None
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _evaluate_one_by_one (the fallback when a "
-                   "shared Cedar call fails) skips _hold, so a pending request becomes a deny "
-                   "next to a neighbour whose entity Cedar refuses")
 def test_a_pending_decision_does_not_depend_on_a_broken_neighbour() -> None:
     # A tight projection (no attribute read through context.approval) so requests
     # share one Cedar call.
@@ -670,10 +665,6 @@ def test_a_pending_decision_does_not_depend_on_a_broken_neighbour() -> None:
     assert decisions[0].decision == "pending"
 
 
-@pytest.mark.xfail(strict=True, reason="projection: `context.approval.role` counts as reading "
-                   "another entity's attribute, so every resource id and attribute matters: the "
-                   "default bundle's cache misses per resource id and every described resource "
-                   "costs a Cedar call of its own")
 def test_the_default_bundle_keeps_a_tight_projection() -> None:
     projection = PolicyBundle.load(default_bundle_path()).projection
     assert not projection.resource_ids_matter
