@@ -32,6 +32,9 @@ class Settings:
     deadletter_topic: str = "holdgate.deadletter"
     control_topic: str = "holdgate.control"
     approvals_topic: str = "holdgate.approvals"
+    policies_topic: str = "holdgate.policies"   # published bundles + enforce/shadow pointers
+    models_topic: str = "holdgate.models"       # published models + enforce/shadow pointers
+    status_topic: str = "holdgate.status"       # what each worker enforces and shadows
     partitions: int = 4
     replication_factor: int = 1
     policy_dir: str = ""            # empty: the bundle shipped in holdgate.policies.default
@@ -101,11 +104,12 @@ class Settings:
             # a verdict embeds its action; it must stay far below the broker's message limit
             raise ConfigError("max_action_bytes must be between 1024 and 524288")
         _check_security(self)
-        topics = {self.actions_topic, self.verdicts_topic, self.deadletter_topic,
-                  self.control_topic, self.approvals_topic}
-        if len(topics) != 5:
-            raise ConfigError("actions, verdicts, deadletter, control and approvals topics "
-                              "must differ")
+        names = [self.actions_topic, self.verdicts_topic, self.deadletter_topic,
+                 self.control_topic, self.approvals_topic, self.policies_topic,
+                 self.models_topic, self.status_topic]
+        if len(set(names)) != len(names):
+            raise ConfigError("the actions, verdicts, deadletter, control, approvals, policies, "
+                              "models and status topics must differ")
         return self
 
     def to_env(self) -> dict[str, str]:

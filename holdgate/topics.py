@@ -17,7 +17,10 @@ from holdgate.errors import ConfigError
 from holdgate.kafka_options import kafka_python_options
 from holdgate.settings import Settings
 
-__all__ = ["ensure_topics", "partition_counts", "gate_topics"]
+__all__ = ["ensure_topics", "partition_counts", "gate_topics", "ARTIFACT_MAX_BYTES"]
+
+#: Largest published bundle or model record (topic max.message.bytes; producers match it).
+ARTIFACT_MAX_BYTES = 8 * 2**20
 
 
 def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
@@ -35,6 +38,14 @@ def gate_topics(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
          {"retention.ms": week, "message.timestamp.type": "LogAppendTime"}),
         # Operator controls: one partition every worker reads whole; the latest per target.
         (settings.control_topic, 1, {"cleanup.policy": "compact"}),
+        # Published policy bundles and models (content by version, plus the history of
+        # enforce/shadow pointers), read whole by every worker; a large model fits.
+        (settings.policies_topic, 1, {"cleanup.policy": "compact",
+                                      "max.message.bytes": str(ARTIFACT_MAX_BYTES)}),
+        (settings.models_topic, 1, {"cleanup.policy": "compact",
+                                    "max.message.bytes": str(ARTIFACT_MAX_BYTES)}),
+        # What each worker enforces and shadows, latest per worker.
+        (settings.status_topic, 1, {"cleanup.policy": "compact"}),
         # Per-agent state: compacted, so it keeps the latest state of every agent forever.
         (settings.changelog_topic, settings.partitions, {
             "cleanup.policy": "compact", "segment.ms": str(15 * 60 * 1000),
