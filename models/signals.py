@@ -249,6 +249,33 @@ class SignalComputer:
         names = SIGNAL_NAMES
         return [dict(zip(names, row)) for row in rows]
 
+    def rederive(self, signals: Sequence[Mapping[str, int]],
+                 requests: Sequence[ActionRequest],
+                 clocks: Sequence[float]) -> list[dict[str, int]]:
+        """The counters another computer observed, read against *this* one's model.
+
+        A shadow candidate model must see the same traffic as the enforced one
+        without counting it twice: the counters (rates, repeats, fanout, novelty)
+        do not depend on the model, so only what the model derives from them is
+        recomputed: the ``*_pct`` limits, ``unusual_*``, ``off_hours`` and the
+        anomaly score (the whole batch scored at once, as in `observe_batch`).
+        `clocks` are the agents' clocks after observing (the 3-hour block).
+        Without a model of its own, the given anomaly score is kept.
+        """
+        rows: list[list[int]] = []
+        for sig, req, t in zip(signals, requests, clocks, strict=True):
+            row = [int(sig.get(name, 0)) for name in SIGNAL_NAMES[:_I_ANOMALY + 1]]
+            row += self._relative(req, t, sig.get("rate_1s", 0), sig.get("rate_60s", 0),
+                                  sig.get("rate_1h", 0), sig.get("action_rate_1s", 0),
+                                  sig.get("fanout_60s", 0), sig.get("fanout_10m", 0))
+            rows.append(row)
+        if self.model is not None and rows:
+            scores = self.model.anomaly(feature_matrix(np.array(rows, dtype=np.float64)))
+            for row, score in zip(rows, scores.tolist()):
+                row[_I_ANOMALY] = score
+        names = SIGNAL_NAMES
+        return [dict(zip(names, row)) for row in rows]
+
     def observe(self, states: MutableMapping[str, AgentState],
                 request: ActionRequest) -> dict[str, int]:
         """Convenience: `observe_batch` of a single request."""

@@ -21,6 +21,12 @@ Per action, in order:
 5. a partition whose state was lost is held (``STATE_RECOVERING``), else Cedar;
 6. an action decided after its deadline is ``EXPIRED``, whatever Cedar said.
 
+A snapshot may carry a *shadow* candidate (another policy engine and/or signal
+model): every action that reaches Cedar is also decided under it, from the
+same counters (a shadow model re-reads them, `SignalComputer.rederive`), and
+the result is recorded in `Decision.shadow`, never enforced and never fed back
+into state.  With no shadow, nothing of this runs.
+
 A batch is processed in *waves* of at most one action per agent (observe, then
 Cedar, then feed the outcomes back), so every signal equals what one-at-a-time
 processing gives, whatever the batch boundaries are.
@@ -38,8 +44,8 @@ from holdgate.models.state import AgentState, request_key
 from holdgate.routing import partition_for
 from holdgate.stream.marks import PartitionMarks
 
-__all__ = ["Snapshot", "Action", "Decision", "PolicySource", "SignalSource", "decide",
-           "redecide", "event_view"]
+__all__ = ["Snapshot", "Shadow", "Action", "Decision", "PolicySource", "SignalSource",
+           "decide", "redecide", "event_view"]
 
 Outcome = Literal["allow", "deny", "pending"]
 
@@ -65,6 +71,20 @@ class SignalSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Shadow:
+    """A candidate decided beside the enforced snapshot, for the record only.
+
+    `signals` None: the enforced signals as they are (a policy-only candidate);
+    else a computer with the candidate model that re-reads the same counters.
+    """
+
+    engine: PolicySource
+    policy_version: str
+    signals: Any = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything a decision depends on besides the action and the agent's state.
 
@@ -81,6 +101,7 @@ class Snapshot:
     partitions: int | None = None      # set: verdicts go to the agent's partition
     controls: Controls | None = None   # operator kill switch, applied before anything else
     roles: Mapping[str, str] = field(default_factory=dict)   # agent -> role (entity store)
+    shadow: Shadow | None = None       # a candidate decided beside, never enforced
 
     @property
     def model_version(self) -> str | None:
@@ -119,6 +140,7 @@ class Decision(Decided):
     deadline: float | None = None
     duplicate: bool = False     # a request id already decided: dead-lettered, not answered
     awaiting: str | None = None  # pending: the approver role(s) that can lift the hold
+    shadow: Mapping[str, Any] | None = None   # the shadow candidate's decision (the record)
 
 
 _RECOVERING = (Reason(rc.STATE_RECOVERING, "per-agent state for this partition was lost; "
@@ -138,6 +160,7 @@ class _Slot:
     reasons: tuple[Reason, ...] = _RECOVERING
     awaiting: str | None = None
     final: Decision | None = None
+    shadow: dict[str, Any] | None = None
 
 
 def decide(snapshot: Snapshot, actions: Sequence[Action],
@@ -230,6 +253,8 @@ def _decide_wave(snapshot: Snapshot, wave: list[_Slot], states: MutableMapping[s
             slot.outcome = answer.decision if answer.decision in ("allow", "pending") else "deny"
             slot.reasons = tuple(answer.reasons) or _NO_REASON
             slot.awaiting = getattr(answer, "awaiting", None)
+    if snapshot.shadow is not None and todo:
+        _shadow(snapshot.shadow, todo, states, decided_at)
     if snapshot.signals is not None and live:
         snapshot.signals.record_outcomes(states, [s.view for s in live],
                                          [s.outcome != "allow" for s in live])
@@ -240,7 +265,32 @@ def _decide_wave(snapshot: Snapshot, wave: list[_Slot], states: MutableMapping[s
                                    slot.action.event_time)
         slot.final = dataclasses.replace(
             _decision(snapshot, slot.action, outcome, reasons, slot.signals),
-            awaiting=slot.awaiting if outcome == "pending" else None)
+            awaiting=slot.awaiting if outcome == "pending" else None, shadow=slot.shadow)
+
+
+def _shadow(shadow: Shadow, todo: list[_Slot], states: MutableMapping[str, AgentState],
+            decided_at: float) -> None:
+    """Decide the wave's Cedar-bound actions under the candidate too (record only)."""
+    if shadow.signals is None:
+        signals = [s.signals for s in todo]
+    else:
+        clocks = [states[s.action.request.agent_id].clock for s in todo]
+        signals = shadow.signals.rederive([s.signals for s in todo], [s.view for s in todo],
+                                          clocks)
+    answers = shadow.engine.decide_many([(s.action.request, sig)
+                                         for s, sig in zip(todo, signals, strict=True)])
+    for slot, answer, sig in zip(todo, answers, signals, strict=True):
+        outcome: Outcome = answer.decision if answer.decision in ("allow", "pending") \
+            else "deny"
+        at = slot.action.decided_at if slot.action.decided_at is not None else decided_at
+        outcome, reasons = _expire(slot.action, outcome, tuple(answer.reasons) or _NO_REASON,
+                                   at, slot.action.event_time)
+        slot.shadow = {
+            "decision": outcome,
+            "reasons": [{"code": r.code, "message": r.message, "policy_id": r.policy_id}
+                        for r in reasons],
+            "policy_version": shadow.policy_version, "model_version": shadow.model_version,
+            "signals": {k: v for k, v in sig.items() if slot.signals.get(k) != v}}
 
 
 def _expire(action: Action, outcome: Outcome, reasons: tuple[Reason, ...], decided_at: float,

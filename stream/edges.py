@@ -180,7 +180,8 @@ def seal(decision: Decision, *, decided_at: float, ttl: float, signer: Signer | 
         policy_version=decision.policy_version, model_version=decision.model_version,
         signals=dict(decision.signals), action_digest=decision.digest, decided_at=decided_at,
         expires_at=decided_at + ttl if decision.allowed else decided_at,
-        request=decision.request, seq=seq, awaiting=decision.awaiting)
+        request=decision.request, seq=seq, awaiting=decision.awaiting,
+        shadow=dict(decision.shadow) if decision.shadow is not None else None)
     value = orjson.dumps(verdict.to_obj())
     headers = sign_headers(signer, value) if signer is not None else ()
     return Outgoing(decision.partition, decision.agent_id.encode(), value, headers)

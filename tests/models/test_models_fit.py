@@ -58,7 +58,7 @@ def _day(day: int, rnd: random.Random) -> list[ActionRequest]:
     start = T0 + day * DAY
     t = start + 2 * 3600                       # the job at 02:00, 40/s for 180 s
     for i in range(40 * 180):
-        out.append(_req("report-job-1", "records.read", "Record", f"rec-{day}-{i}",
+        out.append(_req("report-job-1", "customers.read", "Customer", f"cus-{day}-{i}",
                         t + i / 40))
     for agent in ("support-bot-1", "support-bot-2"):
         t = start + 9 * 3600                   # 09:00-17:00, one action every ~20 s
