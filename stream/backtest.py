@@ -67,8 +67,9 @@ class FlipReport:
 
     def add(self, before: Decision, after: Decision, action: str) -> None:
         self.actions += 1
-        if before.decision == after.decision:
-            if tuple(r.code for r in before.reasons) == tuple(r.code for r in after.reasons):
+        if before.allowed == after.allowed:     # deny <-> pending: a deny to every reader
+            if before.decision == after.decision and \
+                    tuple(r.code for r in before.reasons) == tuple(r.code for r in after.reasons):
                 self.same += 1
             else:
                 self.codes_changed += 1

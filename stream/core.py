@@ -102,6 +102,7 @@ class Snapshot:
     controls: Controls | None = None   # operator kill switch, applied before anything else
     roles: Mapping[str, str] = field(default_factory=dict)   # agent -> role (entity store)
     shadow: Shadow | None = None       # a candidate decided beside, never enforced
+    unavailable: str | None = None     # set: deny everything STATE_RECOVERING (this reason)
 
     @property
     def model_version(self) -> str | None:
@@ -198,6 +199,8 @@ def _admission(snapshot: Snapshot, action: Action) -> tuple[Reason, ...] | None:
     attempts do not touch its state: it is stopped, not learned from.
     """
     request = action.request
+    if snapshot.unavailable is not None:        # e.g. published versions not known yet
+        return (Reason(rc.STATE_RECOVERING, snapshot.unavailable),)
     if snapshot.controls is not None:
         stopped = snapshot.controls.check(request.agent_id, snapshot.roles.get(request.agent_id),
                                           request.action)
@@ -317,6 +320,9 @@ def redecide(snapshot: Snapshot, action: Action, signals: Mapping[str, int],
     now, the policies with ``context.approval`` and the deadline decide.
     """
     request = action.request
+    if snapshot.unavailable is not None:
+        return _decision(snapshot, action, "deny",
+                         (Reason(rc.STATE_RECOVERING, snapshot.unavailable),), signals)
     if snapshot.controls is not None:
         stopped = snapshot.controls.check(request.agent_id, snapshot.roles.get(request.agent_id),
                                           request.action)
