@@ -117,9 +117,10 @@ def test_syntax_error_names_file_and_line(make_bundle: BundleFactory) -> None:
     message = _load_error(root)
     assert str(root) in message and "policy.cedar" in message
     lines = (root / "policy.cedar").read_text().splitlines()
-    line = lines.index('@id("broken")') + 1
-    assert f"line {line}" in message
-    assert "syntax error" in message
+    # at the offending token: the `}` where the right operand of `>` should be
+    line = lines.index("when { context.x > };") + 1
+    column = lines[line - 1].index("}") + 1
+    assert f"policy.cedar:{line}:{column}: syntax error" in message, message
 
 
 def test_policy_not_matching_schema_is_refused(make_bundle: BundleFactory) -> None:
@@ -168,12 +169,14 @@ def test_policy_annotations_are_enforced(make_bundle: BundleFactory, policy: str
 def test_a_misplaced_or_malformed_approval_is_refused_with_a_clear_message(
         make_bundle: BundleFactory, annotation: str, effect: str) -> None:
     root = make_bundle()
-    lines = len((root / "policy.cedar").read_text().splitlines())
     with (root / "policy.cedar").open("a") as fh:
         fh.write(f'\n@id("x")\n{annotation}\n{effect} (principal, action, resource);\n')
+    lines = (root / "policy.cedar").read_text().splitlines()
+    line = len(lines) - lines[::-1].index(annotation)     # the appended @approval line
+    assert lines[line - 2] == '@id("x")'
     message = _load_error(root)
-    # the policy by line, the rule, and how to write it
-    assert re.search(rf"policy\.cedar line {lines + 2} \({effect} #\d+\): ", message), message
+    # the annotation by line and column, the policy by @id, the rule, and how to write it
+    assert re.search(rf'policy\.cedar:{line}:1: @id\("x"\): ', message), message
     assert '@approval("<role>") belongs on forbid policies only' in message
     assert 'names the approver role, e.g. @approval("human")' in message
     assert message.count("@approval") == 2          # one problem: this policy's
@@ -220,15 +223,22 @@ def test_entities_not_matching_schema_name_the_entity(make_bundle: BundleFactory
     entities = json.loads((default_bundle_path() / "entities.json").read_text())
     entities.append({"uid": {"type": "Customer", "id": "cus-bad"},
                      "attrs": {"pii_level": 3}, "parents": []})
-    root = make_bundle(replace={"entities.json": json.dumps(entities)})
+    text = json.dumps(entities, indent=2)     # one entity over several lines
+    root = make_bundle(replace={"entities.json": text})
     message = _load_error(root)
     assert "entities.json" in message and 'Customer::"cus-bad"' in message
-    assert f"item {len(entities) - 1}" in message
+    # at the offending value: the bad entity's pii_level
+    offset = text.rindex('"pii_level": 3') + len('"pii_level": ')
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    assert f"entities.json:{line}:{column}: " in message, message
 
 
 def test_entities_with_invalid_json_name_line(make_bundle: BundleFactory) -> None:
-    message = _load_error(make_bundle(replace={"entities.json": '[\n  {"uid": }\n]'}))
-    assert "entities.json line 2" in message and "invalid JSON" in message
+    text = '[\n  {"uid": }\n]'
+    message = _load_error(make_bundle(replace={"entities.json": text}))
+    column = text.splitlines()[1].index("}") + 1             # the `}` where a value belongs
+    assert f"entities.json:2:{column}: invalid JSON" in message, message
 
 
 def test_schema_syntax_error_names_schema(make_bundle: BundleFactory) -> None:

@@ -142,7 +142,11 @@ def test_missing_expected_code_fails(bundle_copy: Path) -> None:
 
 def test_case_in_wrong_folder_is_a_bundle_error(bundle_copy: Path) -> None:
     shutil.copy(bundle_copy / "cases/deny/anomaly.json", bundle_copy / "cases/allow/anomaly.json")
-    with pytest.raises(PolicyError, match=r"cases/allow/anomaly\.json: filed under allow/"):
+    lines = (bundle_copy / "cases/allow/anomaly.json").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.lstrip().startswith('"expect":'))
+    column = lines[line - 1].index('"expect"') + 1
+    with pytest.raises(PolicyError,
+                       match=rf"cases/allow/anomaly\.json:{line}:{column}: filed under allow/"):
         run_cases(bundle_copy)
 
 
