@@ -17,19 +17,33 @@ def kafka() -> None:
     """Run a single-node Kafka 4.x (KRaft) on 127.0.0.1 from Maven Central jars."""
 
 
+_PORT = click.IntRange(1, 65535)
+
+
 @kafka.command()
 @_DIR
-@click.option("--port", type=int, default=9092, show_default=True, help="Client port.")
-@click.option("--controller-port", type=int, default=9093, show_default=True)
-@click.option("--timeout", type=float, default=120.0, show_default=True,
+@click.option("--port", type=_PORT, default=9092, show_default=True, show_envvar=True,
+              envvar="HOLDGATE_KAFKA_PORT", help="Client port.")
+@click.option("--controller-port", type=_PORT, default=9093, show_default=True,
+              show_envvar=True, envvar="HOLDGATE_KAFKA_CONTROLLER_PORT",
+              help="KRaft controller port.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True,
               help="Seconds to wait for the broker to answer a metadata request.")
 def up(workdir: Path, port: int, controller_port: int, timeout: float) -> None:
-    """Fetch the jars (first time only), format storage, start and wait until ready."""
+    """Fetch the jars (first time only), format storage, start and wait until ready.
+
+    Refuses a port another process listens on, saying which (exit 2); connections
+    a stopped broker left behind (TIME_WAIT) do not count.
+    """
     from holdgate.cli.localkafka import LocalKafka
 
     broker = LocalKafka(workdir=workdir, port=port, controller_port=controller_port)
-    click.echo(f"starting Kafka on {broker.bootstrap} (first run downloads ~45 MB of jars)...")
-    bootstrap = broker.start(timeout=timeout)
+    if broker.pid() is not None:
+        click.echo(f"Kafka already running on {broker.bootstrap} (pid {broker.pid()})")
+    else:
+        click.echo(f"starting Kafka on {broker.bootstrap} ...")
+    bootstrap = broker.start(timeout=timeout, announce=click.echo)
     click.secho(f"Kafka ready on {bootstrap}  (log: {broker.log_file})", fg="green")
 
 

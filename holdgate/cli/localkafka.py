@@ -16,14 +16,16 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from holdgate.cli.preflight import describe_listener, port_taken
 from holdgate.errors import KafkaSetupError
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "free_port", "ensure_jars", "default_cache_dir",
-           "SASL_USERS"]
+__all__ = ["KAFKA_VERSION", "SASL_USERS", "LocalKafka", "default_cache_dir", "ensure_jars",
+           "free_port"]
 
 KAFKA_VERSION = "4.0.2"
 LOG4J_VERSION = "2.25.3"
@@ -75,8 +77,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ensure_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> Path:
-    """Resolve the broker jars once into `<cache>/kafka-<version>/libs` (idempotent)."""
+def ensure_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION,
+                announce: Callable[[str], None] | None = None) -> Path:
+    """Resolve the broker jars once into `<cache>/kafka-<version>/libs` (idempotent).
+
+    `announce` hears one line just before a download starts, and only then: a
+    cached run must not promise a 45 MB download it will not make.
+    """
     libs = (cache_dir or default_cache_dir()) / f"kafka-{version}" / "libs"
     marker = libs / ".complete"
     if marker.exists():
@@ -88,12 +95,15 @@ def ensure_jars(cache_dir: Path | None = None, version: str = KAFKA_VERSION) -> 
     if shutil.which("java") is None:
         raise KafkaSetupError("Java 17+ is needed to run Kafka 4.x; install openjdk-17-jre")
     libs.mkdir(parents=True, exist_ok=True)
+    if announce is not None:
+        announce(f"first run: fetching Kafka {version} jars (~45 MB) from Maven Central "
+                 f"into {libs.parent} ...")
     with tempfile.TemporaryDirectory() as tmp:
         pom = Path(tmp) / "pom.xml"
         pom.write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
         cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
                f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise KafkaSetupError(f"fetching Kafka {version} jars failed:\n"
                                   f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -158,8 +168,8 @@ class LocalKafka:
     def _listener_config(self) -> list[str]:
         if not self.sasl:
             return [
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                (f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                 f"CONTROLLER://127.0.0.1:{self.controller_port}"),
                 f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -170,8 +180,8 @@ class LocalKafka:
             f'username="admin" password="{admin}"',
             *(f'user_{name}="{password}"' for name, password in self.users.items())]) + ";"
         return [
-            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            (f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},"
+             f"CONTROLLER://127.0.0.1:{self.controller_port}"),
             f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
             "inter.broker.listener.name=SASL_PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
@@ -245,38 +255,42 @@ class LocalKafka:
         if (self.workdir / "data" / "meta.properties").exists():
             return
         uuid = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "random-uuid"),
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if uuid.returncode != 0:
             raise KafkaSetupError(f"StorageTool random-uuid failed: {uuid.stderr[-2000:]}")
         cluster_id = uuid.stdout.strip().splitlines()[-1]
         fmt = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "-t",
                                         cluster_id, "-c", str(props), "-g"),
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         if fmt.returncode != 0:
             raise KafkaSetupError(f"StorageTool format failed: {fmt.stdout}{fmt.stderr[-2000:]}")
 
-    def start(self, timeout: float = 90.0) -> str:
-        """Start (or reuse) the broker and return its bootstrap once it answers metadata."""
+    def start(self, timeout: float = 90.0,
+              announce: Callable[[str], None] | None = None) -> str:
+        """Start (or reuse) the broker and return its bootstrap once it answers metadata.
+
+        `announce` hears about a jar download (first run only), see `ensure_jars`.
+        """
         if self.pid() is not None:
             self.wait_ready(timeout)
             return self.bootstrap
         for port in (self.port, self.controller_port):
-            if _port_busy(port):
+            if port_taken(port):
                 raise KafkaSetupError(
-                    f"port {port} on 127.0.0.1 is already in use by another process; stop it or "
-                    "pick free ports (holdgate kafka up --port N --controller-port M, "
-                    "or HOLDGATE_KAFKA_PORT / HOLDGATE_KAFKA_CONTROLLER_PORT for ./dev)")
+                    f"port {port} on 127.0.0.1 is already in use by {describe_listener(port)}; "
+                    "stop it, or use free ports: holdgate kafka up --port N "
+                    "--controller-port M (./dev: HOLDGATE_KAFKA_PORT, "
+                    "HOLDGATE_KAFKA_CONTROLLER_PORT)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        libs = ensure_jars(self.cache_dir, self.version)
+        libs = ensure_jars(self.cache_dir, self.version, announce)
         props = self._write_config()
         self._format(libs, props)
         flags = [*JVM_FLAGS, f"-Dkafka.logs.dir={self.workdir / 'logs'}",
                  f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}"]
-        log = open(self.log_file, "ab")
-        proc = subprocess.Popen(self._java(libs, "kafka.Kafka", str(props), flags=flags),
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        log.close()
+        with open(self.log_file, "ab") as log:     # the child keeps its own descriptor
+            proc = subprocess.Popen(self._java(libs, "kafka.Kafka", str(props), flags=flags),
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self._state_file.write_text(json.dumps({
             "pid": proc.pid, "port": self.port, "controller_port": self.controller_port,
             "version": self.version, "security": self.security}))
@@ -318,7 +332,7 @@ class LocalKafka:
             finally:
                 admin.close()
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             return False
 
     def _tail(self, lines: int = 30) -> str:
@@ -355,22 +369,6 @@ class LocalKafka:
         return {"running": pid is not None, "pid": pid, "bootstrap": self.bootstrap,
                 "ready": pid is not None and self._metadata_ok(), "workdir": str(self.workdir),
                 "version": self.version}
-
-
-def _port_busy(port: int) -> bool:
-    """True if something listens on `port`.
-
-    SO_REUSEADDR as Kafka's own listener sets it: connections a stopped broker
-    closed linger in TIME_WAIT on its port, which must not count as busy, or a
-    broker could not be started again on its ports right after `stop()`.
-    """
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _alive(pid: int) -> bool:
