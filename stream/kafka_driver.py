@@ -30,6 +30,11 @@ Approvals: the approvals topic is co-partitioned with the actions and
 subscribed with the range assignor, so partition p of both goes to the same
 worker: the lane of p reads the tokens that lift p's held actions, and their
 offsets are committed in the same transaction as the verdicts they produce.
+
+Stopping: `stop()` ends the loop whatever the broker's state; a batch still
+committing gets a short grace, then is given up like a crash, and every call on
+the broker while stopping is bounded (`holdgate.stream.health`).  Counters and
+metrics live in `holdgate.stream.metrics`.
 """
 from __future__ import annotations
 
@@ -38,18 +43,22 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import (InvalidProducerEpoch, KafkaError, ProducerFenced,
+from aiokafka.errors import (InvalidProducerEpoch, ProducerFenced,
                              TransactionalIdAuthorizationFailed)
 
 from holdgate.controls import Control, Controls
 from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
 from holdgate.stream.edges import RawRecord
+from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_producers,
+                                   unless_set)
 from holdgate.stream.marks import MARK_KEY, PartitionMark
+from holdgate.stream.metrics import DriverStats, WorkerMetrics
 from holdgate.stream.restore import restore
 from holdgate.stream.runner import BatchOutput, Runner
 from holdgate.stream.signed_table import SignedTable
@@ -60,22 +69,8 @@ __all__ = ["KafkaDriver", "DriverStats"]
 log = logging.getLogger("holdgate.worker")
 
 _FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
-
-
-@dataclass
-class DriverStats:
-    """Counters an operator (and the metrics endpoint) reads."""
-
-    batches: int = 0
-    actions: int = 0
-    allowed: int = 0
-    denied: int = 0
-    deadletters: int = 0
-    aborted: int = 0
-    restored_records: int = 0
-    holds: int = 0
-    codes: dict[str, int] = field(default_factory=dict)
-    last_restore_seconds: float = 0.0
+COMMIT_GRACE = 2.0      # seconds a batch still committing gets once stop() was called
+CLOSE_BOUND = 1.5       # seconds each close step may take while stopping
 
 
 @dataclass
@@ -88,6 +83,8 @@ class _Lane:
     position: int | None = None      # next offset to decide (the mark's next_offset)
     approvals_position: int | None = None   # next approval offset (the committed one)
     ready: bool = False
+    status: str = "waiting to be prepared"   # what /readyz says while not ready
+    in_txn: bool = False             # a batch transaction is open on producers[turn]
     task: asyncio.Task[None] | None = None
     sweep_due: float = 0.0
 
@@ -117,13 +114,16 @@ class KafkaDriver:
 
     def __init__(self, settings: Settings, runner: Runner, store: RocksStore, *,
                  instance_id: str | None = None,
-                 on_batch: Callable[[BatchOutput, float], None] | None = None) -> None:
+                 on_batch: Callable[[BatchOutput, float], None] | None = None,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.runner = runner
         self.store = store
         self.instance_id = instance_id
         self.on_batch = on_batch
+        self.metrics = metrics
         self.stats = DriverStats()
+        self.broker = BrokerWatch(settings.bootstrap)
         self._lanes: dict[int, _Lane] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -144,6 +144,19 @@ class KafkaDriver:
     def assigned_partitions(self) -> list[int]:
         return sorted(self._lanes)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def lanes(self) -> Mapping[int, _Lane]:
+        """Assigned partitions, read-only (readiness and metrics read them)."""
+        return MappingProxyType(self._lanes)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        return self._consumer
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -151,15 +164,16 @@ class KafkaDriver:
         """Swap the snapshot's controls; the next batch decides under them (never mid-batch)."""
         controls = Controls.latest(self.controls.values, self.controls.version)
         self.runner.snapshot = dataclasses.replace(self.runner.snapshot, controls=controls)
-        log.warning("operator controls now in force: %d active (%s)", len(controls),
-                    "; ".join(c.key for c in controls) or "none")
+        lifecycle.info("operator controls now in force: %d active (%s)", len(controls),
+                       "; ".join(c.key for c in controls) or "none")
 
     async def run(self) -> None:
         s = self.settings
         if not len(self.controls.trust):
             log.warning("no operator keys (HOLDGATE_OPERATOR_KEYS): control records (revoke, "
                         "suspend) will be ignored")
-        self._tasks.append(asyncio.ensure_future(self.controls.run(self._controls_changed)))
+        self._tasks += [asyncio.ensure_future(self.controls.run(self._controls_changed)),
+                        asyncio.ensure_future(self.broker.run(lambda: self.consumer.topics()))]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
             group_instance_id=self.instance_id, enable_auto_commit=False,
@@ -170,46 +184,60 @@ class KafkaDriver:
             max_partition_fetch_bytes=4 * 2**20, request_timeout_ms=max(
                 40_000, int(s.session_timeout * 1000) + 5000),
             partition_assignment_strategy=(RangePartitionAssignor,), **aiokafka_options(s))
-        await self._consumer.start()
-        self._consumer.subscribe([self._topic, self._approvals], listener=_Listener(self))
         try:
-            await self._loop()
+            started = await unless_set(self._stopping, self._consumer.start())
+            if started is not None:
+                started.result()
+                self._consumer.subscribe([self._topic, self._approvals],
+                                         listener=_Listener(self))
+                await self._loop()
         finally:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        """Release everything within a few seconds, reachable broker or not."""
         for task in self._tasks:
             task.cancel()
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()
-        await asyncio.gather(*(self._close_lane(p) for p in list(self._lanes)),
-                             return_exceptions=True)
-        if self._consumer is not None:
-            try:
-                await asyncio.wait_for(self._consumer.stop(), 5.0)
-            except Exception:  # noqa: BLE001 - shutting down whatever the broker's state
-                log.debug("consumer stop failed", exc_info=True)
+        closing = [self._close_lane(p) for p in list(self._lanes)]
+        if self._consumer is not None:      # static member: its partitions wait for it
+            closing.append(bounded(self._consumer.stop(), CLOSE_BOUND, "consumer stop"))
+        await asyncio.gather(*closing)
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(consumer.getmany(
-                    timeout_ms=200, max_records=self.settings.batch_max))
-                done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if fetch not in done:
-                    fetch.cancel()
-                    break
-                batches = fetch.result()
-                if batches:
-                    async with self._lock:
-                        await self._decide(batches)
-        finally:
-            stop.cancel()
+        while not self._stopping.is_set():
+            fetch = await unless_set(self._stopping, consumer.getmany(
+                timeout_ms=200, max_records=self.settings.batch_max))
+            if fetch is None:
+                break
+            batches = fetch.result()
+            if batches and not await self._decide_unless_stopped(batches):
+                break
+
+    async def _decide_unless_stopped(self, batches: dict[TopicPartition, list[Any]]) -> bool:
+        """Decide and commit; on stop() a commit gets COMMIT_GRACE, then is abandoned.
+
+        Abandoned is a crash to Kafka: the transaction is aborted (bounded) or
+        fenced by the next owner, nothing was applied locally, it is decided again.
+        """
+        async def decide() -> None:
+            async with self._lock:
+                await self._decide(batches)
+
+        work = asyncio.ensure_future(decide())
+        if await unless_set(self._stopping, asyncio.shield(work)) is not None:
+            work.result()
+            return True
+        if await bounded(work, COMMIT_GRACE, "in-flight batch"):
+            return False
+        lifecycle.info("stopping: gave up a batch still committing after %.0fs (broker "
+                       "unreachable?); it will be decided again", COMMIT_GRACE)
+        return False
 
     async def _decide(self, batches: dict[TopicPartition, list[Any]]) -> None:
         decided_at = time.time()
@@ -232,26 +260,30 @@ class KafkaDriver:
             if not raws:
                 continue
             lane = self._lanes[p]
+            t0 = time.perf_counter()
             out = self.runner.run(raws, decided_at=decided_at)
             if time.monotonic() >= lane.sweep_due:
                 lane.sweep_due = time.monotonic() + self._sweep_interval()
                 sweep = self.runner.sweep(p)
                 if sweep:
                     out.writes.setdefault(p, {}).update(sweep)
-            jobs.append(self._commit(lane, out))
+            jobs.append(self._commit(lane, out, raws, time.perf_counter() - t0))
         if jobs:
             await asyncio.gather(*jobs)
 
     def _sweep_interval(self) -> float:
         return max(60.0, min(3600.0, self.settings.idle_ttl / 24))
 
-    async def _commit(self, lane: _Lane, out: BatchOutput) -> None:
+    async def _commit(self, lane: _Lane, out: BatchOutput, raws: list[RawRecord],
+                      decide_seconds: float) -> None:
         """One transaction: verdicts + dead letters + state + offset, then the local store."""
         s, p = self.settings, lane.partition
         producer = lane.producers[lane.turn]
         writes = out.writes.get(p, {})
+        t0 = time.perf_counter()
         try:
             await producer.begin_transaction()
+            lane.in_txn = True
             sends = [await producer.send(s.verdicts_topic, v.value, key=v.key,
                                          partition=v.partition, headers=list(v.headers))
                      for v in out.verdicts]
@@ -265,30 +297,25 @@ class KafkaDriver:
             await asyncio.gather(*sends, *state_sends, producer.send_offsets_to_transaction(
                 offsets, s.app_id))
             await producer.commit_transaction()
+            lane.in_txn = False
         except Exception as exc:  # noqa: BLE001 - any failure: this batch did not happen
             self.stats.aborted += 1
+            self.stats.fenced += isinstance(exc, _FENCED)
             await self._lost_batch(lane, exc)
             return
+        commit_seconds = time.perf_counter() - t0
         lane.turn ^= 1
         checkpoint = max(f.result().offset for f in state_sends) if state_sends else None
         self.store.apply(p, writes, checkpoint)
         lane.position = out.offsets.get((self._topic, p), lane.position)
         lane.approvals_position = out.offsets.get((self._approvals, p),
                                                   lane.approvals_position)
-        self._count(out)
+        self.stats.count(out)
+        committed_at = time.time()
+        if self.metrics is not None:
+            self.metrics.batch(raws, self._topic, decide_seconds, commit_seconds, committed_at)
         if self.on_batch is not None:
-            self.on_batch(out, time.time())
-
-    def _count(self, out: BatchOutput) -> None:
-        st = self.stats
-        st.batches += 1
-        st.actions += len(out.decisions)
-        st.allowed += out.allowed
-        st.denied += out.denied
-        st.deadletters += len(out.deadletters)
-        for d in out.decisions:
-            for code in {r.code for r in d.reasons}:
-                st.codes[code] = st.codes.get(code, 0) + 1
+            self.on_batch(out, committed_at)
 
     async def _lost_batch(self, lane: _Lane, exc: BaseException) -> None:
         """The transaction failed: nothing of the batch is visible; take the lane again."""
@@ -299,7 +326,9 @@ class KafkaDriver:
         else:
             log.warning("partition %d: batch transaction failed (%r); re-preparing the "
                         "partition, the batch will be decided again", p, exc)
-        lane.ready = False
+            self.broker.suspect(f"batch transaction failed: {exc!r}")
+        lane.ready, lane.in_txn = False, False
+        lane.status = "re-preparing after a failed batch transaction"
         if self._consumer is not None and p in self._lanes:
             self._consumer.pause(*self._tps(p))
         await self._close_producers(lane)
@@ -339,11 +368,10 @@ class KafkaDriver:
 
     async def _close_producers(self, lane: _Lane) -> None:
         producers, lane.producers = lane.producers, []
-        for producer in producers:
-            try:
-                await asyncio.wait_for(producer.stop(), 5.0)
-            except Exception:  # noqa: BLE001 - a fenced or cut-off producer may not stop cleanly
-                log.debug("producer stop failed", exc_info=True)
+        open_txn = producers[lane.turn] if lane.in_txn and producers \
+            and self.broker.down_since is None else None     # no abort reaches a lost broker
+        lane.in_txn = False
+        await release_producers(producers, open_txn, CLOSE_BOUND)
 
     async def _prepare(self, lane: _Lane, delay: float = 0.0) -> None:
         """Fence the previous owner, restore state, decide where to start; then resume."""
@@ -358,7 +386,10 @@ class KafkaDriver:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker trouble: retry, partition stays paused
-                log.warning("partition %d: not ready yet (%r); retrying", p, exc)
+                log.log(logging.DEBUG if self.broker.down_since else logging.WARNING,
+                        "partition %d: not ready yet (%r); retrying", p, exc)
+                lane.status = f"retrying after: {exc!r}"[:200]
+                self.broker.suspect(f"partition {p} not ready: {exc!r}")
                 await self._close_producers(lane)
                 backoff = min(max(backoff * 2, 0.5), 5.0)
 
@@ -369,7 +400,9 @@ class KafkaDriver:
         t0 = time.monotonic()
         # Nothing is decided before every control in force is known (revocations survive
         # restarts); the table follows the topic from then on.
+        lane.status = "waiting for the control table to be read to its end"
         await asyncio.wait_for(self.controls.caught_up.wait(), 30.0)
+        lane.status = "fencing the previous owner (starting transactional producers)"
         lane.producers = [AIOKafkaProducer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-decide-{p}{side}",
             transactional_id=f"{s.app_id}.decide.{p}.{side}", transaction_timeout_ms=max(
@@ -381,6 +414,7 @@ class KafkaDriver:
         tp, atp = self._tps(p)
         committed = await consumer.committed(tp)
         approvals_committed = await consumer.committed(atp)
+        lane.status = "restoring state from the changelog"
         restorer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
                                     client_id=f"{s.app_id}-restore-{p}",
                                     enable_auto_commit=False, isolation_level="read_committed",
@@ -389,8 +423,7 @@ class KafkaDriver:
         try:
             [stats] = await restore(restorer, s.changelog_topic, [p], self.store)
         finally:
-            await asyncio.wait_for(restorer.stop(), 5.0)
-        self.stats.restored_records += stats.records
+            await bounded(restorer.stop(), 5.0, "restore consumer stop")
         start = self._start_offset(p, committed)
         if start is None:
             await consumer.seek_to_beginning(tp)
@@ -406,7 +439,7 @@ class KafkaDriver:
             lane.approvals_position = approvals_committed
         lane.ready = True
         consumer.resume(tp, atp)
-        self.stats.last_restore_seconds = time.monotonic() - t0
+        self.stats.restored(p, stats.records, time.monotonic() - t0)
         log.info("partition %d ready in %.2fs (restored %d changelog records, start %s)", p,
                  self.stats.last_restore_seconds, stats.records, start)
 
