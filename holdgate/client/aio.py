@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence, TypeVar
 
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_async import AioKafkaTransport
+from holdgate.client.metrics import GateMetrics
 from holdgate.client.proof import Checked, checked
 from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.steps import Deny, Pending, Step, Work
@@ -232,6 +233,11 @@ class AsyncGate:
     def stats(self) -> dict[str, int]:
         """Counters: sent, verdicts, ignored (late/foreign), timeouts, unavailable, fences."""
         return self._core.stats
+
+    @property
+    def metrics(self) -> GateMetrics:
+        """Checks by outcome, local denies by code, hold latency; see `holdgate.client.metrics`."""
+        return self._core.metrics
 
     # ------------------------------------------------------------------ events
     @staticmethod

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from holdgate.client.metrics import CheckCounters, GateMetrics
 from holdgate.client.routing import GateConfig, partition_for
 from holdgate.client.transport import Received
 from holdgate.client.steps import Clock, Deny, Pending, Send, Step, SystemClock, Work
@@ -98,6 +99,7 @@ class GateCore:
         self._recovering: str | None = None       # why a once-working session is down
         self.closed = False
         self._stats = dict.fromkeys(COUNTERS, 0)
+        self._checks = CheckCounters()            # outcomes, local denies, hold latency
         if agent_id:
             self._agent(agent_id)                 # warm up: assign before the first check
 
@@ -105,6 +107,11 @@ class GateCore:
     @property
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+    @property
+    def metrics(self) -> GateMetrics:
+        """Checks by outcome, the SDK's own denies by code, hold latency (`client.metrics`)."""
+        return self._checks.snapshot(self._stats)
 
     @property
     def assigned_partitions(self) -> frozenset[int]:
@@ -162,6 +169,7 @@ class GateCore:
                 or not self._prepared or not self._consumer.up:
             return None
         p.partition, p.producer = agent.partition, self.producer
+        p.sent_at = self.clock.monotonic()
         self._pending[p.request_id] = p
         return Send(agent.partition, self.producer)
 
@@ -197,6 +205,8 @@ class GateCore:
             if p is None:
                 self._stats["ignored"] += 1       # another gate's, or late after a timeout
                 continue
+            if p.held is None and p.sent_at is not None:   # the first verdict for it
+                self._checks.held(self.clock.monotonic() - p.sent_at)
             if p.approval_wait and p.held is None and isinstance(result, Verdict) \
                     and result.decision == "pending":
                 # Wait on, once, for the verdict its approval produces (same request id).
@@ -218,11 +228,11 @@ class GateCore:
         if p.held is not None:                    # no approval came: the pending verdict
             self._pending.pop(p.request_id, None)
             p.record = p.held[1]
-            return p.held[0], None
+            return self._checks.settled(p.held[0]), None
         self._stats["timeouts"] += 1
         verdict = local_deny(p.request, code=TIMEOUT, digest=p.digest, message=(
             f"no verdict within {p.timeout:g}s; a verdict arriving later is ignored"))
-        return verdict, self.abandon(p)
+        return self._checks.settled(verdict), self.abandon(p)
 
     def abandon(self, p: Pending) -> Any:
         """The check ends without its verdict: forget it; the producer to fence, or None."""
@@ -237,13 +247,15 @@ class GateCore:
         if isinstance(result, Failure):
             if result.code == UNAVAILABLE:
                 self._stats["unavailable"] += 1
-            return local_deny(p.request, code=result.code, message=result.message,
-                              digest=p.digest)
-        return verify_verdict(result, p.request, self.clock.time(), digest=p.digest)
+            return self._checks.settled(local_deny(p.request, code=result.code,
+                                                   message=result.message, digest=p.digest))
+        return self._checks.settled(verify_verdict(result, p.request, self.clock.time(),
+                                                   digest=p.digest))
 
     def _unavailable(self, p: Pending, message: str) -> Verdict:
         self._stats["unavailable"] += 1
-        return local_deny(p.request, code=UNAVAILABLE, message=message, digest=p.digest)
+        return self._checks.settled(local_deny(p.request, code=UNAVAILABLE, message=message,
+                                               digest=p.digest))
 
     # ------------------------------------------------------------------ set-up
     def next_work(self) -> Step | float | None:

@@ -72,7 +72,8 @@ class Pending:
     """
 
     __slots__ = ("request", "value", "key", "digest", "timeout", "deadline", "partition",
-                 "producer", "acked", "result", "record", "waker", "approval_wait", "held")
+                 "producer", "acked", "result", "record", "waker", "approval_wait", "held",
+                 "sent_at")
 
     def __init__(self, request: ActionRequest, value: bytes, timeout: float,
                  deadline: float, approval_wait: float = 0.0) -> None:
@@ -91,6 +92,8 @@ class Pending:
         #: The verified pending verdict (and its record) while waiting for the approval.
         self.held: tuple[Verdict, tuple[bytes | None, tuple[tuple[str, bytes], ...]]] | None \
             = None
+        #: Monotonic time it was admitted for sending (the hold-latency histogram's start).
+        self.sent_at: float | None = None
 
     @property
     def request_id(self) -> str:

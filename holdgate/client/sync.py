@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar, overload
 from holdgate.client.baton import Baton
 from holdgate.client.core import GateCore
 from holdgate.client.kafka_sync import KafkaTransport
+from holdgate.client.metrics import GateMetrics
 from holdgate.client.proof import Checked, checked
 from holdgate.client.routing import GateConfig, GuardSpec
 from holdgate.client.steps import Deny, Pending, Send, Step, Work
@@ -189,6 +190,12 @@ class Gate:
         """Counters: sent, verdicts, ignored (late/foreign), timeouts, unavailable, fences."""
         with self._lock:
             return self._core.stats
+
+    @property
+    def metrics(self) -> GateMetrics:
+        """Checks by outcome, local denies by code, hold latency; see `holdgate.client.metrics`."""
+        with self._lock:
+            return self._core.metrics
 
     def close(self, timeout: float = 5.0) -> None:
         """Fence the producer, deny every waiting check (UNAVAILABLE), stop and close."""
