@@ -6,10 +6,19 @@ in another language whose author only sees the dead-letter record.  JSON Schema
 twins of these types live in `holdgate/schemas/` (checked against this module by
 the tests) so non-Python runtimes can validate before publishing.
 
-Values in `context` and resource attributes are restricted to what Cedar can
-represent (strings, integers, booleans, lists and records): a float or null
-would only surface later as a policy evaluation error, so it is refused here
-with a message that says what to send instead.
+The record must be strict JSON (`holdgate.wire_json`: UTF-8 without lone
+surrogates, no NaN, no duplicate keys at any depth), and values in `context`
+and resource attributes must be ones Cedar can hold (`holdgate.cedar_values`):
+strings, booleans, 64-bit integers (Long), numbers with a fraction or exponent
+(decimal, 4 fractional digits), lists and records; null means "absent".
+
+`action` is the name of a Cedar action of the policy schema, verbatim:
+`payments.refund` is `Action::"payments.refund"`, and an MCP tool name such as
+`send_email` (letters, digits, `_`, `-`, dot-separated segments, at most 128
+characters) is `Action::"send_email"`.  Which groups it belongs to
+(`Action::"irreversible"`, ...) is the schema's `action ... in [...]`
+declaration, never the name.  A name the schema does not declare as an action
+(or declares only as a group) is denied `NO_PERMIT` by the policy engine.
 
 The action digest is SHA-256 over the record value *exactly as published*
 (see `action_digest`): no re-serialisation, so a runtime or an executor in any
@@ -27,6 +36,8 @@ from typing import Any, Literal, Mapping
 
 import orjson
 
+from holdgate import wire_json
+from holdgate.cedar_values import Reread, cedar_record
 from holdgate.errors import ValidationError
 
 __all__ = [
@@ -37,16 +48,19 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 64 * 1024
-MAX_DEPTH = 8
 Decision = Literal["allow", "deny", "pending"]
 
-_UUID_RE = re.compile(r"^(?:[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                      r"[0-9a-fA-F]{12}|\{[0-9a-fA-F-]{36}\})$")
-_AGENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
-_ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9_]{0,63}$")
+# The same patterns as the JSON Schema's, matched whole (`fullmatch`: a pattern's `$`
+# would also accept a trailing newline).
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                      r"[0-9a-fA-F]{12}")
+_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+#: Dotted names (`payments.refund`) and MCP / function-calling tool names (`send_email`,
+#: `get-weather`, `mcp__github__create_issue`): Cedar action ids, verbatim.
+_ACTION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+_ACTION_MAX = 128
+_TYPE_RE = re.compile(r"[A-Z][A-Za-z0-9_]{0,63}")
 _ID_MAX = 256
-_CEDAR_ESCAPES = frozenset({"__entity", "__extn", "__expr"})
 #: Context keys only the worker writes: an agent claiming them is refused.
 _RESERVED_CONTEXT = ("signals", "approval", "resource_trusted")
 _REQUEST_FIELDS = frozenset({"schema_version", "request_id", "agent_id", "action", "resource",
@@ -58,43 +72,13 @@ def _fail(path: str, message: str) -> ValidationError:
     return ValidationError(path, message)
 
 
-def _check_cedar_value(value: Any, path: str, depth: int = 0) -> None:
-    """Refuse values Cedar cannot hold, at the exact path, before Cedar sees them."""
-    if depth > MAX_DEPTH:
-        raise _fail(path, f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, bool) or isinstance(value, str):
-        return
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise _fail(path, "integer outside Cedar's 64-bit range")
-        return
-    if isinstance(value, float):
-        raise _fail(path, "floats are not allowed (Cedar has no floating point); "
-                          "send an integer in smaller units (cents, basis points) or a string")
-    if value is None:
-        raise _fail(path, "null is not allowed; omit the key instead")
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_cedar_value(item, f"{path}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in _CEDAR_ESCAPES:
-                # Cedar's JSON escapes would let an agent forge an entity reference or an
-                # extension value, or make Cedar fail on a key no policy reads.
-                raise _fail(f"{path}.{key}", "is a Cedar escape form; agents may not send "
-                                             "entity references or extension values")
-            _check_cedar_value(item, f"{path}.{key}", depth + 1)
-        return
-    raise _fail(path, f"unsupported type {type(value).__name__}")
-
-
 def _require_str(obj: Mapping[str, Any], key: str, path: str) -> str:
     if key not in obj:
         raise _fail(path, "is required")
     value = obj[key]
     if not isinstance(value, str):
-        raise _fail(path, f"must be a string, got {type(value).__name__}")
+        raise _fail(path, "is required (null given)" if value is None
+                    else f"must be a string, got {type(value).__name__}")
     return value
 
 
@@ -118,22 +102,25 @@ class Resource:
     attributes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_obj(cls, obj: Any, path: str = "resource") -> Resource:
+    def from_obj(cls, obj: Any, path: str = "resource", *, wire: bool = False) -> Resource:
+        """Validate; ``wire``: ``obj`` came from orjson (see `ActionRequest.from_obj`)."""
         if not isinstance(obj, dict):
             raise _fail(path, "must be an object with type and id")
         unknown = set(obj) - _RESOURCE_FIELDS
         if unknown:
             raise _fail(f"{path}.{sorted(unknown)[0]}", "unknown field")
         rtype = _require_str(obj, "type", f"{path}.type")
-        if not _TYPE_RE.match(rtype):
+        if not _TYPE_RE.fullmatch(rtype):
             raise _fail(f"{path}.type", "must be a CamelCase entity type such as 'Invoice'")
         rid = _require_str(obj, "id", f"{path}.id")
         if not rid or len(rid) > _ID_MAX:
             raise _fail(f"{path}.id", f"must be 1..{_ID_MAX} characters")
-        attrs = obj.get("attributes", {})
-        if not isinstance(attrs, dict):
+        attrs = obj.get("attributes")
+        if attrs is None:       # absent or null
+            attrs = {}
+        elif not isinstance(attrs, dict):
             raise _fail(f"{path}.attributes", "must be an object")
-        _check_cedar_value(attrs, f"{path}.attributes")
+        attrs = cedar_record(attrs, f"{path}.attributes", wire=wire)
         return cls(type=rtype, id=rid, attributes=attrs)
 
     def to_obj(self) -> dict[str, Any]:
@@ -174,33 +161,42 @@ class ActionRequest:
         return cls.from_obj(obj)
 
     @classmethod
-    def from_obj(cls, obj: Any) -> ActionRequest:
+    def from_obj(cls, obj: Any, *, wire: bool = False) -> ActionRequest:
+        """Validate a parsed request; the request holds the decoded view (nulls dropped).
+
+        ``wire``: ``obj`` was parsed by orjson, whose floats beyond the decimal range may
+        be rounded integer literals: `cedar_values.Reread` asks for an exact re-read.
+        """
         if not isinstance(obj, dict):
             raise _fail("$", "must be a JSON object")
         unknown = set(obj) - _REQUEST_FIELDS
         if unknown:
             raise _fail(sorted(unknown)[0], "unknown field")
         version = obj.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
             raise _fail("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
         request_id = _require_str(obj, "request_id", "request_id")
-        if not _UUID_RE.match(request_id):
+        if not _UUID_RE.fullmatch(request_id):
             raise _fail("request_id", "must be a UUID")
         agent_id = _require_str(obj, "agent_id", "agent_id")
-        if not _AGENT_RE.match(agent_id):
+        if not _AGENT_RE.fullmatch(agent_id):
             raise _fail("agent_id", "must be 1..128 of [A-Za-z0-9._:@/-], starting alphanumeric")
         action = _require_str(obj, "action", "action")
-        if not _ACTION_RE.match(action):
-            raise _fail("action", "must be dotted lower_snake_case such as 'payments.refund'")
-        resource = Resource.from_obj(obj.get("resource"), "resource")
-        context = obj.get("context", {})
-        if not isinstance(context, dict):
+        if len(action) > _ACTION_MAX or not _ACTION_RE.fullmatch(action):
+            raise _fail("action", f"must be a Cedar action name of at most {_ACTION_MAX} "
+                                  "characters: letters, digits, '_' and '-' in dot-separated "
+                                  "segments, such as 'payments.refund' or 'send_email'")
+        resource = Resource.from_obj(obj.get("resource"), "resource", wire=wire)
+        context = obj.get("context")
+        if context is None:     # absent or null
+            context = {}
+        elif not isinstance(context, dict):
             raise _fail("context", "must be a JSON object")
         for reserved in _RESERVED_CONTEXT:
             if reserved in context:
                 raise _fail(f"context.{reserved}", "is reserved: holdgate sets it itself "
                                                    "(signals, verified approvals, trust)")
-        _check_cedar_value(context, "context")
+        context = cedar_record(context, "context", wire=wire)
         occurred_at = _require_time(obj, "occurred_at", "occurred_at")
         deadline = None
         if obj.get("deadline") is not None:
@@ -321,14 +317,21 @@ def encode(record: ActionRequest | Verdict) -> bytes:
 
 
 def decode_request_obj(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> tuple[ActionRequest, Any]:
-    """Bytes off the wire to (validated request, the parsed JSON object as published)."""
+    """Bytes off the wire to (validated request, the parsed JSON object as published).
+
+    The published object keeps what the agent sent (nulls, floats); the request is
+    the decoded view.  Neither changes the bytes the action digest is taken over.
+    """
     if len(raw) > max_bytes:
         raise _fail("$", f"record is {len(raw)} bytes, limit {max_bytes}")
+    obj = wire_json.loads(raw)
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _fail("$", f"not valid JSON: {exc}") from None
-    return ActionRequest.from_obj(obj), obj
+        request = ActionRequest.from_obj(obj, wire=True)
+    except Reread:          # a number beyond the decimal range: read integer literals exactly
+        obj = wire_json.loads_exact(raw)
+        request = ActionRequest.from_obj(obj)
+    wire_json.check_unique_keys(raw, obj)
+    return request, obj
 
 
 def decode_request(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> ActionRequest:

@@ -102,7 +102,7 @@ def test_malformed_bytes_deny_and_dead_letter_and_worker_survives(gate_env: Sett
     # identifiable but invalid: the agent gets a MALFORMED deny instead of a timeout
     bad = {"schema_version": 1, "request_id": "7d8f2c4e-1111-4222-8333-944455556666",
            "agent_id": agent,
-           "action": "Payments.Refund"}
+           "action": "payments refund"}
     consumer = KafkaConsumer(bootstrap_servers=gate_env.bootstrap, enable_auto_commit=False)
     tp = TopicPartition(gate_env.verdicts_topic, part)
     consumer.assign([tp])
