@@ -32,8 +32,14 @@ Rules on top of Cedar's (default deny, forbid wins):
   signed approval would lift it; the worker decides again when one arrives,
   with the verified approval in ``context.approval``.
 
-* Unknown agents and undeclared resource types are denied before Cedar: the
-  answer cannot depend on policies that were never written for them.
+* Unknown agents, undeclared resource types and undeclared actions are denied
+  before Cedar: the answer cannot depend on policies never written for them.
+  An action is its name verbatim (MCP tool ``send_email`` is
+  ``Action::"send_email"``) and must be declared with ``appliesTo``: a group
+  name (``read``, matched by ``action in Action::"read"``) is refused too.
+* Floats become Cedar decimals (``{"__extn": ...}``, see
+  :mod:`holdgate.cedar_values`); one where a policy expects a Long is an
+  evaluation error, so a deny (below).
 * A resource that is in ``entities.json`` is taken from there; the request's
   own attributes for it are ignored, so an agent cannot relabel a production
   repository as staging.  Other resources are built from the request.
@@ -68,6 +74,7 @@ import cedarpy
 import orjson
 
 from holdgate import reasons as codes
+from holdgate.cedar_values import to_cedar
 from holdgate.events import ActionRequest, Decided, Decision, Reason
 from holdgate.policies.bundle import PRINCIPAL_TYPE, PolicyBundle
 from holdgate.policies.projection import bucket
@@ -76,6 +83,11 @@ from holdgate.signals import SIGNAL_NAMES, ZERO_SIGNALS
 __all__ = ["SIGNAL_NAMES", "PolicyDecision", "PolicyEngine"]
 
 _POLICY_IN_ERROR_RE = re.compile(r"policy `([^`]*)`")
+#: Actions a request may name, in Cedar's canonical schema rendering (groups have no
+#: ``appliesTo``).
+_REQUESTABLE_RE = re.compile(r'^action "([^"\\]*)"(?: in \[[^\]]*\])? appliesTo \{', re.MULTILINE)
+_DECIMAL_HINT = (" (holdgate: a JSON number with a fraction or exponent is a Cedar decimal, "
+                 "one without is a Long)")
 _DECISION_CACHE_MAX = 4096
 _RESULT_CACHE_MAX = 200_000
 _SORTED = orjson.OPT_SORT_KEYS
@@ -136,7 +148,7 @@ class PolicyEngine:
     __slots__ = ("_bundle", "_policy_set", "_entities", "_known_uids", "_agents",
                  "_types", "_infos", "_signal_names", "_rank", "_permit", "_forbid", "_cache",
                  "_results", "_cuts", "_projection", "_apart", "_approvable", "_permit_set",
-                 "caching", "hits", "misses")
+                 "_requestable", "caching", "hits", "misses")
 
     def __init__(self, bundle: PolicyBundle, *, caching: bool = True) -> None:
         self._bundle = bundle
@@ -145,6 +157,8 @@ class PolicyEngine:
         self._known_uids = bundle.entity_uids
         self._agents = bundle.agent_ids
         self._types = bundle.entity_types
+        self._requestable = frozenset(_REQUESTABLE_RE.findall(str(bundle.schema))) \
+            or bundle.action_ids
         self._infos = bundle.policies
         self._signal_names = bundle.signals_read
         self._rank = {pid: i for i, pid in enumerate(bundle.policy_ids)}
@@ -308,6 +322,13 @@ class PolicyEngine:
             return _deny(codes.UNKNOWN_RESOURCE_TYPE,
                          f"resource type {request.resource.type!r} is not declared "
                          "in the policy schema")
+        action = request.action
+        if action not in self._requestable:
+            if action in self._bundle.action_ids:
+                return _deny(codes.NO_PERMIT, f"{action!r} is an action group of the schema, "
+                             "not an action: request one of its actions")
+            return _deny(codes.NO_PERMIT, f"action {action!r} is not declared in the schema "
+                         "(an action name is its Cedar action id, verbatim and case-sensitive)")
         return None
 
     def _signals_record(self, signals: Mapping[str, int]) -> dict[str, int]:
@@ -330,7 +351,7 @@ class PolicyEngine:
         would read a neighbour's T-1): then those requests get a call of their own.
         """
         resource = request.resource
-        context = dict(request.context)
+        context = dict(to_cedar(request.context))
         context["signals"] = self._signals_record(signals or {})
         context["resource_trusted"] = (resource.type, resource.id) in self._known_uids
         cedar_request = {
@@ -380,7 +401,8 @@ class PolicyEngine:
 
     @staticmethod
     def _entity(uid: Uid, attributes: Mapping[str, Any]) -> dict[str, Any]:
-        return {"uid": {"type": uid[0], "id": uid[1]}, "attrs": attributes, "parents": []}
+        return {"uid": {"type": uid[0], "id": uid[1]}, "attrs": to_cedar(attributes),
+                "parents": []}
 
     def _evaluate(self, group: _Group, items: Sequence[tuple[ActionRequest, Any]],
                   results: list[PolicyDecision | None]) -> None:
@@ -458,6 +480,8 @@ class PolicyEngine:
             reasons = []
             for error in errors:
                 match = _POLICY_IN_ERROR_RE.search(error)
+                if "decimal" in error:
+                    error += _DECIMAL_HINT
                 reasons.append(Reason(code=codes.POLICY_ERROR, message=error,
                                       policy_id=match.group(1) if match else None))
             return PolicyDecision("deny", tuple(reasons))
