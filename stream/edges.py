@@ -6,11 +6,24 @@
 core could not decide, bounded in size so that producing it can never fail on
 the broker's message limit (an oversized action must not stop the gate).
 Nothing here raises for any input bytes.
+
+Routing contract: an action read from Kafka must carry its agent's id as the
+record key and sit on that agent's partition (``murmur2(agent_id)``), because
+the key is what routes it and per-agent state lives with the partition.  A
+record without a key (or with an empty one) is refused ``MALFORMED`` ("record
+key must be the agent_id"), even when it happens to land on the right
+partition: clients in other languages that forget the key are spread over
+partitions by their default partitioner, so such an agent would be decided
+sometimes and refused at other times; one clear deny every time is the fail
+closed answer.  The deny still reaches the agent (its id is read from the
+value).  Records that do not come from Kafka (history files, ``offset`` None)
+carry no routing and are exempt.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +108,10 @@ def decode(raw: RawRecord, *, max_bytes: int = MAX_RECORD_BYTES, now: float = 0.
         return _reject(raw, rc.MALFORMED, str(exc), fallback_time)
     except Exception as exc:  # noqa: BLE001 - no input may crash the loop
         return _reject(raw, rc.MALFORMED, f"undecodable: {type(exc).__name__}", fallback_time)
+    if not raw.key and raw.offset is not None:
+        # The key routes the record; see the module docstring.
+        return _reject(raw, rc.MALFORMED, "record key must be the agent_id "
+                       f"({request.agent_id!r}); the record has none", fallback_time)
     if raw.key is not None and raw.key != request.agent_id.encode():
         # Keyed by someone else: its partition (and so its state) would be wrong.
         return _reject(raw, rc.MALFORMED, f"record key {raw.key[:64]!r} differs from agent_id",
@@ -121,34 +138,62 @@ def recover_identity(value: bytes | None, key: bytes | None) -> tuple[str, str] 
 
     Enough to send the waiting agent a deny instead of leaving it to time out;
     never enough to decide anything else.  Works on bytes that are not valid
-    JSON or UTF-8 too (a lone surrogate, a truncated tail).
+    JSON or UTF-8 too (a lone surrogate, a truncated tail): valid JSON grammar
+    that orjson refuses (a lone ``\ud800`` escape) is read by :mod:`json`,
+    which keeps such a string, so the top-level fields are found wherever
+    they are and however they are escaped; bytes that are not JSON at all
+    fall back to a pattern search.
     """
     if not value:
         return None
     request_id = agent_id = None
-    try:
-        obj: Any = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        obj = None
-    if isinstance(obj, dict):
+    obj = _lenient_json(value)
+    parsed = isinstance(obj, dict)
+    if parsed:
+        # Top-level fields only: a `request_id` nested in the context (written before the
+        # real one by a runtime that sorts keys) must not draw the deny.
         rid, aid = obj.get("request_id"), obj.get("agent_id")
-        request_id = rid if isinstance(rid, str) and 0 < len(rid) <= 64 else None
-        agent_id = aid if isinstance(aid, str) and _AGENT_OK.match(aid) else None
-    if request_id is None:
+        request_id = rid if isinstance(rid, str) and 0 < len(rid) <= 64 \
+            and _is_text(rid) else None
+        agent_id = aid if isinstance(aid, str) and _AGENT_OK.fullmatch(aid) else None
+    else:
         found = _REQUEST_ID_RE.search(value[:DEADLETTER_INLINE_MAX])
         request_id = found.group(1).decode() if found else None
     if agent_id is None and key:
         try:
             text = key.decode("utf-8")
-            agent_id = text if _AGENT_OK.match(text) else None
+            agent_id = text if _AGENT_OK.fullmatch(text) else None
         except UnicodeDecodeError:
             agent_id = None
-    if agent_id is None:
+    if agent_id is None and not parsed:
         found = _AGENT_ID_RE.search(value[:DEADLETTER_INLINE_MAX])
         agent_id = found.group(1).decode() if found else None
     if request_id is None or agent_id is None:
         return None
     return request_id, agent_id
+
+
+def _is_text(text: str) -> bool:
+    """Whether `text` is Unicode a verdict can carry (no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lenient_json(value: bytes) -> Any:
+    """The record parsed by orjson, else by :mod:`json` (lone surrogates, NaN), else None."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass
+    if len(value) > DEADLETTER_INLINE_MAX:
+        return None
+    try:
+        return json.loads(value.decode("utf-8", "surrogatepass"))
+    except (ValueError, RecursionError):
+        return None
 
 
 def rejected_decision(rejected: Rejected, snapshot: Snapshot) -> Decision | None:
