@@ -1,35 +1,49 @@
-"""`holdgate demo`: a small simulated fleet against the running worker."""
+"""`holdgate demo`: a small simulated fleet against the running worker.
+
+Before anything it tells "Kafka is down" (exit 3 within --connect-timeout)
+from "Kafka is up but no worker answers" (exit 3 after --wait, saying what
+the gate waited for).  The probe that finds the worker runs as its own agent,
+and the phases' clocks start once the worker answered: waiting for a worker
+to join is no part of how fast the gate cuts off a runaway loop.
+"""
 from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import click
 
+from holdgate.cli.preflight import EXIT_CODES_HELP, Unavailable, require_kafka
 from holdgate.cli.render import verdict_line
 from holdgate.settings import Settings
+
+if TYPE_CHECKING:
+    from holdgate.client import Gate
 
 __all__ = ["demo"]
 
 
-@click.command()
-@click.option("--timeout", type=float, default=5.0, show_default=True,
+@click.command(epilog=EXIT_CODES_HELP)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               help="Seconds each action holds for its verdict.")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=90.0,
+              help="Seconds to wait for a worker's first verdict (it may still be joining).")
 @click.option("--skip-tour", is_flag=True, help="Skip the policy walk-through.")
 @click.option("--skip-burst", is_flag=True, help="Skip the machine-speed phase.")
 @click.option("--verbose", is_flag=True, help="In the burst phase, print every verdict.")
 @click.pass_obj
-def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
+def demo(settings: Settings, timeout: float, wait: float, skip_tour: bool, skip_burst: bool,
          verbose: bool) -> None:
     """Run a simulated fleet against `holdgate worker` and summarise what the gate did.
 
     Needs a running worker on the same bootstrap and topics (./dev demo starts
-    both). Exits 1 if the gate never answers.
+    both). Exits 3 if Kafka cannot be reached or no worker answers.
     """
+    from holdgate.cli.fleet import FleetReport, run_machine_speed, run_policy_tour
     from holdgate.client import Gate
-    from holdgate.cli.fleet import FleetReport, run_machine_speed, run_policy_tour, wait_for_gate
 
-    tour, burst = FleetReport(), FleetReport()
+    require_kafka(settings)
     lock = threading.Lock()
     burst_shown: set[str] = set()
 
@@ -57,9 +71,8 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
                             fg="yellow")
 
     with Gate(bootstrap=settings.bootstrap, agent_id="support-bot-1", settings=settings) as gate:
-        click.echo(f"waiting for the holdgate worker on {settings.bootstrap} ...")
-        if not wait_for_gate(gate):
-            raise click.ClickException("no verdict from the gate: is `holdgate worker` running?")
+        _wait_for_worker(settings, gate, wait)
+        tour, burst = FleetReport(), FleetReport()     # clocks start once the worker answers
         if not skip_tour:
             click.secho("\n── phase 1: policy-as-code (Cedar) ─────────────────────────────",
                         bold=True)
@@ -75,7 +88,24 @@ def demo(settings: Settings, timeout: float, skip_tour: bool, skip_burst: bool,
             _summary("machine speed", burst)
 
 
-def _approval_scene(settings: Settings, gate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_worker(settings: Settings, gate: Gate, wait: float) -> None:
+    """Return once a worker-made verdict came back; else exit 3 saying what was missing."""
+    from holdgate.cli.fleet import probe_gate
+    from holdgate.client.verify import LOCAL_POLICY_VERSION
+
+    click.echo(f"waiting for the holdgate worker on {settings.bootstrap} "
+               f"(up to {wait:g}s) ...")
+    last = probe_gate(gate, wait)
+    if last is not None and last.policy_version != LOCAL_POLICY_VERSION:
+        return
+    why = "; ".join(f"{r.code}: {r.message}" for r in last.reasons) if last else "no probe ran"
+    raise Unavailable(f"Kafka at {settings.bootstrap} answers, but no holdgate worker decided "
+                      f"a probe action within {wait:g}s ({why[:160]}) — start `holdgate worker` "
+                      f"with the same HOLDGATE_* settings (topics {settings.actions_topic} -> "
+                      f"{settings.verdicts_topic}), or see its log")
+
+
+def _approval_scene(settings: Settings, gate: Gate, timeout: float) -> None:
     """A held refund, found and signed by a human approver, lifted by the worker."""
     from holdgate.cli.approval_cmds import held_actions, publish_approval
     from holdgate.cli.fleet import APPROVAL_STEP, run_approval

@@ -13,14 +13,16 @@ import statistics
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from holdgate.client import Gate
+from holdgate.client.verify import LOCAL_POLICY_VERSION
 from holdgate.events import Verdict
 
-__all__ = ["Step", "POLICY_TOUR", "APPROVAL_STEP", "FleetReport", "run_policy_tour",
-           "run_machine_speed", "run_approval", "wait_for_gate"]
+__all__ = ["APPROVAL_STEP", "POLICY_TOUR", "PROBE_AGENT", "FleetReport", "Step", "probe_gate",
+           "run_approval", "run_machine_speed", "run_policy_tour", "wait_for_gate"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ POLICY_TOUR: tuple[Step, ...] = (
     Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5002"),
          {"amount_cents": 90000}, note="large refund: held for a human approver"),
     Step("billing-bot-1", "payments.refund", _r("Payment", "pay-5002"),
-         {"amount_cents": 90000, "approvals": ["human"]}, note="same, the agent claims a human approved: still held"),
+         {"amount_cents": 90000, "approvals": ["human"]},
+         note="same, the agent claims a human approved: still held"),
     Step("coder-bot-1", "repo.push", _r("Repository", "holdgate-sandbox"),
          note="push to staging"),
     Step("coder-bot-1", "repo.push", _r("Repository", "holdgate", environment="staging"),
@@ -111,19 +114,40 @@ def _check(gate: Gate, step: Step, report: FleetReport, timeout: float) -> Verdi
     return v
 
 
-def wait_for_gate(gate: Gate, timeout: float = 90.0,
-                  progress: Callable[[float], None] | None = None) -> bool:
-    """Probe until a worker-made verdict comes back (the worker may still be joining)."""
+#: Who asks "is a worker there?": no agent of the tour or the burst, so the probes
+#: count toward nobody's rate or repetition signals.  It is in no entity store either:
+#: its UNKNOWN_AGENT deny is a worker-made verdict, which is all the probe needs.
+PROBE_AGENT = "holdgate-probe"
+
+
+def probe_gate(gate: Gate, timeout: float = 90.0,
+               progress: Callable[[float], None] | None = None,
+               agent_id: str = PROBE_AGENT) -> Verdict | None:
+    """Probe until a worker-made verdict comes back (the worker may still be joining).
+
+    Returns that verdict, or else the last local deny (its reason says what the
+    gate waited for: topics, a connection, a verdict), or None if no probe ran.
+    """
     deadline = time.monotonic() + timeout
+    last: Verdict | None = None
     while time.monotonic() < deadline:
-        v = gate.check(action="tickets.read", resource=_r("Ticket", "probe"), timeout=2.0,
-                       agent_id="support-bot-1")
-        if v.policy_version != "local":
-            return True
+        last = gate.check(action="tickets.read", resource=_r("Ticket", "probe"),
+                          timeout=min(2.0, max(0.1, deadline - time.monotonic())),
+                          agent_id=agent_id)
+        if last.policy_version != LOCAL_POLICY_VERSION:
+            return last
         time.sleep(0.5)         # UNAVAILABLE answers at once while topics are missing
         if progress:
             progress(deadline - time.monotonic())
-    return False
+    return last
+
+
+def wait_for_gate(gate: Gate, timeout: float = 90.0,
+                  progress: Callable[[float], None] | None = None,
+                  agent_id: str = PROBE_AGENT) -> bool:
+    """True once a worker-made verdict came back within `timeout` (see `probe_gate`)."""
+    found = probe_gate(gate, timeout, progress, agent_id)
+    return found is not None and found.policy_version != LOCAL_POLICY_VERSION
 
 
 def run_policy_tour(gate: Gate, report: FleetReport, show: Callable[[Step, Verdict], None],
