@@ -169,6 +169,11 @@ def readiness(driver: KafkaDriver) -> Readiness:
     if not driver.controls.caught_up.is_set():
         reasons.append(f"control table {driver.settings.control_topic} not read to its end "
                        "yet (revocations in force are not known)")
+    unavailable = driver.runner.snapshot.unavailable
+    if unavailable:
+        reasons.append(f"denying everything STATE_RECOVERING: {unavailable}")
+    elif not driver.versions.caught_up.is_set():
+        reasons.append("published policy and model versions not read yet")
     if driver.broker.down_since is not None:
         reasons.append(f"broker unreachable for "
                        f"{time.monotonic() - driver.broker.down_since:.0f}s")

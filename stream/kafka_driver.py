@@ -31,6 +31,12 @@ subscribed with the range assignor, so partition p of both goes to the same
 worker: the lane of p reads the tokens that lift p's held actions, and their
 offsets are committed in the same transaction as the verdicts they produce.
 
+Versions: the published policy and model (and any shadow candidate) are
+followed (`holdgate.stream.swap`) and the runner's snapshot is swapped between
+two batches, keeping the controls in force; lanes get ready only once the
+versions are known (`holdgate.stream.lanes`).  Each worker publishes its signed
+status (`holdgate.stream.status_pub`) for `holdgate status`.
+
 Stopping: `stop()` ends the loop whatever the broker's state; a batch still
 committing gets a short grace, then is given up like a crash, and every call on
 the broker while stopping is bounded (`holdgate.stream.health`).  Counters and
@@ -41,8 +47,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 import time
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -54,14 +61,18 @@ from aiokafka.errors import (InvalidProducerEpoch, ProducerFenced,
 from holdgate.controls import Control, Controls
 from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
+from holdgate.status import WorkerStatus
+from holdgate.stream.core import Snapshot
 from holdgate.stream.edges import RawRecord
 from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_producers,
                                    unless_set)
-from holdgate.stream.marks import MARK_KEY, PartitionMark
+from holdgate.stream.lanes import Lane, LanePreparation
 from holdgate.stream.metrics import DriverStats, WorkerMetrics
 from holdgate.stream.restore import restore
 from holdgate.stream.runner import BatchOutput, Runner
-from holdgate.stream.signed_table import SignedTable
+from holdgate.stream.signed_table import SignedTable, follow
+from holdgate.stream.status_pub import StatusPublisher
+from holdgate.stream.swap import VERSIONS_UNKNOWN, Versions
 from holdgate.stream.store import RocksStore
 
 __all__ = ["KafkaDriver", "DriverStats"]
@@ -71,22 +82,6 @@ log = logging.getLogger("holdgate.worker")
 _FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
 COMMIT_GRACE = 2.0      # seconds a batch still committing gets once stop() was called
 CLOSE_BOUND = 1.5       # seconds each close step may take while stopping
-
-
-@dataclass
-class _Lane:
-    """One assigned actions partition: its transactional producer and where it stands."""
-
-    partition: int
-    producers: list[AIOKafkaProducer] = field(default_factory=list)
-    turn: int = 0                    # which of the two producers carries the next batch
-    position: int | None = None      # next offset to decide (the mark's next_offset)
-    approvals_position: int | None = None   # next approval offset (the committed one)
-    ready: bool = False
-    status: str = "waiting to be prepared"   # what /readyz says while not ready
-    in_txn: bool = False             # a batch transaction is open on producers[turn]
-    task: asyncio.Task[None] | None = None
-    sweep_due: float = 0.0
 
 
 def _append_time(record: Any) -> float | None:
@@ -109,7 +104,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.driver._assign({tp.partition for tp in assigned})
 
 
-class KafkaDriver:
+class KafkaDriver(LanePreparation):
     """Runs until `stop()`: consume, decide (one runner), commit per partition, repeat."""
 
     def __init__(self, settings: Settings, runner: Runner, store: RocksStore, *,
@@ -124,7 +119,7 @@ class KafkaDriver:
         self.metrics = metrics
         self.stats = DriverStats()
         self.broker = BrokerWatch(settings.bootstrap)
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes: dict[int, Lane] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -134,6 +129,9 @@ class KafkaDriver:
             settings.bootstrap, settings.control_topic, settings.operators(),
             Control.from_bytes, client_options=aiokafka_options(settings))
         self._tasks: list[asyncio.Task[None]] = []
+        self.versions = Versions(settings, runner.snapshot, self._swap)
+        self.status = StatusPublisher(settings, runner.signer, self.describe)
+        self.versions.on_report = self.status.changed
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -149,7 +147,7 @@ class KafkaDriver:
         return self._stopping.is_set()
 
     @property
-    def lanes(self) -> Mapping[int, _Lane]:
+    def lanes(self) -> Mapping[int, Lane]:
         """Assigned partitions, read-only (readiness and metrics read them)."""
         return MappingProxyType(self._lanes)
 
@@ -167,12 +165,43 @@ class KafkaDriver:
         lifecycle.info("operator controls now in force: %d active (%s)", len(controls),
                        "; ".join(c.key for c in controls) or "none")
 
+    def _swap(self, snapshot: Snapshot) -> None:
+        """A new published set: in force from the next batch, with the controls in force."""
+        self.runner.snapshot = dataclasses.replace(snapshot,
+                                                   controls=self.runner.snapshot.controls)
+        self.status.changed()
+
+    def _unavailable(self) -> None:
+        """The versions' topics cannot be read: decide on, but deny STATE_RECOVERING."""
+        if not self.versions.caught_up.is_set() and self.runner.snapshot.unavailable is None:
+            log.error("the published policy/model versions could not be read within the "
+                      "wait; every action is denied STATE_RECOVERING until they can")
+            self.runner.snapshot = dataclasses.replace(self.runner.snapshot,
+                                                       unavailable=VERSIONS_UNKNOWN)
+
+    def describe(self) -> WorkerStatus:
+        """What this worker decides with, for the status topic."""
+        v = self.versions
+        snapshot = self.runner.snapshot
+        problems = list(v.problems)
+        if snapshot.unavailable:
+            problems.append(snapshot.unavailable)
+        ready = self.ready_partitions
+        return WorkerStatus(
+            worker=self.runner.worker_id, host=socket.gethostname(), pid=os.getpid(),
+            enforced={"policy": snapshot.policy_version, "model": snapshot.model_version},
+            shadow=dict(v.shadow), since=v.since, updated_at=time.time(), partitions=ready,
+            ready=bool(self._lanes) and len(ready) == len(self._lanes)
+            and snapshot.unavailable is None, problems=problems[:50])
+
     async def run(self) -> None:
         s = self.settings
         if not len(self.controls.trust):
             log.warning("no operator keys (HOLDGATE_OPERATOR_KEYS): control records (revoke, "
                         "suspend) will be ignored")
-        self._tasks += [asyncio.ensure_future(self.controls.run(self._controls_changed)),
+        self._tasks += [asyncio.ensure_future(follow(self.controls, self._controls_changed)),
+                        asyncio.ensure_future(self.versions.run()),
+                        asyncio.ensure_future(self.status.run()),
                         asyncio.ensure_future(self.broker.run(lambda: self.consumer.topics()))]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
@@ -274,7 +303,7 @@ class KafkaDriver:
     def _sweep_interval(self) -> float:
         return max(60.0, min(3600.0, self.settings.idle_ttl / 24))
 
-    async def _commit(self, lane: _Lane, out: BatchOutput, raws: list[RawRecord],
+    async def _commit(self, lane: Lane, out: BatchOutput, raws: list[RawRecord],
                       decide_seconds: float) -> None:
         """One transaction: verdicts + dead letters + state + offset, then the local store."""
         s, p = self.settings, lane.partition
@@ -317,7 +346,7 @@ class KafkaDriver:
         if self.on_batch is not None:
             self.on_batch(out, committed_at)
 
-    async def _lost_batch(self, lane: _Lane, exc: BaseException) -> None:
+    async def _lost_batch(self, lane: Lane, exc: BaseException) -> None:
         """The transaction failed: nothing of the batch is visible; take the lane again."""
         p = lane.partition
         if isinstance(exc, _FENCED):
@@ -342,7 +371,7 @@ class KafkaDriver:
         for p in sorted(partitions):
             if p in self._lanes:
                 continue
-            lane = self._lanes[p] = _Lane(p)
+            lane = self._lanes[p] = Lane(p)
             consumer.pause(*self._tps(p))
             lane.task = asyncio.ensure_future(self._prepare(lane))
         log.info("assigned actions partitions %s", sorted(partitions))
@@ -359,6 +388,7 @@ class KafkaDriver:
             await asyncio.gather(*(self._close_lane(p) for p in partitions),
                                  return_exceptions=True)
         log.info("revoked actions partitions %s", sorted(partitions))
+        self.status.changed()
 
     async def _close_lane(self, partition: int) -> None:
         lane = self._lanes.pop(partition, None)
@@ -366,102 +396,9 @@ class KafkaDriver:
             lane.ready = False
             await self._close_producers(lane)
 
-    async def _close_producers(self, lane: _Lane) -> None:
+    async def _close_producers(self, lane: Lane) -> None:
         producers, lane.producers = lane.producers, []
         open_txn = producers[lane.turn] if lane.in_txn and producers \
             and self.broker.down_since is None else None     # no abort reaches a lost broker
         lane.in_txn = False
         await release_producers(producers, open_txn, CLOSE_BOUND)
-
-    async def _prepare(self, lane: _Lane, delay: float = 0.0) -> None:
-        """Fence the previous owner, restore state, decide where to start; then resume."""
-        p = lane.partition
-        backoff = max(delay, 0.0)
-        while not self._stopping.is_set() and self._lanes.get(p) is lane:
-            if backoff:
-                await asyncio.sleep(backoff)
-            try:
-                await self._prepare_once(lane)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - broker trouble: retry, partition stays paused
-                log.log(logging.DEBUG if self.broker.down_since else logging.WARNING,
-                        "partition %d: not ready yet (%r); retrying", p, exc)
-                lane.status = f"retrying after: {exc!r}"[:200]
-                self.broker.suspect(f"partition {p} not ready: {exc!r}")
-                await self._close_producers(lane)
-                backoff = min(max(backoff * 2, 0.5), 5.0)
-
-    async def _prepare_once(self, lane: _Lane) -> None:
-        s, p = self.settings, lane.partition
-        consumer = self._consumer
-        assert consumer is not None
-        t0 = time.monotonic()
-        # Nothing is decided before every control in force is known (revocations survive
-        # restarts); the table follows the topic from then on.
-        lane.status = "waiting for the control table to be read to its end"
-        await asyncio.wait_for(self.controls.caught_up.wait(), 30.0)
-        lane.status = "fencing the previous owner (starting transactional producers)"
-        lane.producers = [AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-decide-{p}{side}",
-            transactional_id=f"{s.app_id}.decide.{p}.{side}", transaction_timeout_ms=max(
-                10_000, int(s.session_timeout * 1000)), linger_ms=0, retry_backoff_ms=20,
-            request_timeout_ms=10_000, max_request_size=4 * 2**20, **aiokafka_options(s))
-            for side in "ab"]
-        # Starting them fences the previous owner and ends its open transactions.
-        await asyncio.wait_for(asyncio.gather(*(pr.start() for pr in lane.producers)), 30.0)
-        tp, atp = self._tps(p)
-        committed = await consumer.committed(tp)
-        approvals_committed = await consumer.committed(atp)
-        lane.status = "restoring state from the changelog"
-        restorer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
-                                    client_id=f"{s.app_id}-restore-{p}",
-                                    enable_auto_commit=False, isolation_level="read_committed",
-                                    **aiokafka_options(s))
-        await restorer.start()
-        try:
-            [stats] = await restore(restorer, s.changelog_topic, [p], self.store)
-        finally:
-            await bounded(restorer.stop(), 5.0, "restore consumer stop")
-        start = self._start_offset(p, committed)
-        if start is None:
-            await consumer.seek_to_beginning(tp)
-            lane.position = None
-        else:
-            consumer.seek(tp, start)
-            lane.position = start
-        if approvals_committed is None:
-            await consumer.seek_to_beginning(atp)
-            lane.approvals_position = None
-        else:
-            consumer.seek(atp, approvals_committed)
-            lane.approvals_position = approvals_committed
-        lane.ready = True
-        consumer.resume(tp, atp)
-        self.stats.restored(p, stats.records, time.monotonic() - t0)
-        log.info("partition %d ready in %.2fs (restored %d changelog records, start %s)", p,
-                 self.stats.last_restore_seconds, stats.records, start)
-
-    def _start_offset(self, p: int, committed: int | None) -> int | None:
-        """Where to resume: the state's own mark, checked against the group offset.
-
-        Both are written in one transaction, so they agree; the group offset is
-        ahead only when state was lost (changelog deleted or truncated): then the
-        partition is held in STATE_RECOVERING from its next action on.
-        """
-        blob = self.store.get(p, MARK_KEY)
-        mark = PartitionMark.from_bytes(blob) if blob is not None else None
-        folded = mark.next_offset if mark is not None else None
-        if folded is None and not committed:
-            return None                               # a new partition: from the beginning
-        if folded is not None and (committed is None or folded >= committed):
-            return folded
-        log.warning("partition %d: state covers actions up to %s but %d were consumed: state "
-                    "was lost; holding the partition in STATE_RECOVERING", p, folded, committed)
-        lost = mark or PartitionMark()
-        lost.hold_pending = True
-        lost.next_offset = committed
-        self.store.apply(p, {MARK_KEY: lost.to_bytes()})
-        self.stats.holds += 1
-        return committed

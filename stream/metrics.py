@@ -219,11 +219,20 @@ class _DriverCollector(Collector):
         snapshot = driver.runner.snapshot
         info = InfoMetricFamily("holdgate_worker", "Versions deciding now (a hot swap "
                                 "changes them).")
+        shadow = snapshot.shadow
         info.add_metric([], {"worker_id": driver.runner.worker_id,
                              "policy_version": snapshot.policy_version,
                              "model_version": snapshot.model_version or "none",
+                             "shadow_policy_version": shadow.policy_version if shadow else "none",
+                             "shadow_model_version": (shadow.model_version or "none")
+                             if shadow else "none",
                              "version": _version()})
         yield info
+        yield CounterMetricFamily("holdgate_version_swaps", "Snapshots swapped in from "
+                                  "published policies and models.", value=driver.versions.swaps)
+        yield CounterMetricFamily("holdgate_version_load_failures", "Published versions that "
+                                  "could not be loaded (the versions in force stayed).",
+                                  value=driver.versions.failures)
         yield GaugeMetricFamily("holdgate_ready", "1 when /readyz answers 200.",
                                 value=1.0 if readiness(driver).ready else 0.0)
         yield GaugeMetricFamily("holdgate_controls_active", "Operator controls (revoke, "

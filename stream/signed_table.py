@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from holdgate.keys import TrustStore
 from holdgate.signing import read_signature, verify_record
 
-__all__ = ["SignedTable", "Rejected"]
+__all__ = ["SignedTable", "Rejected", "follow"]
 
 log = logging.getLogger("holdgate.worker")
 T = TypeVar("T")
@@ -48,6 +48,7 @@ class SignedTable(Generic[T]):
     version: int = 0                                          # bumps on every change
     rejected: Rejected = field(default_factory=Rejected)
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
+    on_reject: Callable[[], None] | None = None      # a record was refused (reporting)
     _consumer: AIOKafkaConsumer | None = None
 
     async def run(self, on_change: Callable[[], None]) -> None:
@@ -114,8 +115,26 @@ class SignedTable(Generic[T]):
     def _reject(self, key: bytes | None, problem: str) -> None:
         r = self.rejected
         r.count += 1
+        if self.on_reject is not None:
+            self.on_reject()
         r.last = f"{(key or b'').decode('utf-8', 'replace')[:80]}: {problem}"
         now = time.monotonic()
         if now - r.logged_at > 10.0:          # once, then at most every 10 s
             r.logged_at = now
             log.warning("ignored a record on %s (%d so far): %s", self.topic, r.count, r.last)
+
+
+async def follow(table: SignedTable[Any], on_change: Callable[[], None]) -> None:
+    """`table.run` for as long as the worker runs: a broker outage or a topic that does
+    not exist yet is retried (with backoff), never the end of the table."""
+    backoff = 0.5
+    while True:
+        try:
+            await table.run(on_change)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried; readers see caught_up unset meanwhile
+            log.log(logging.DEBUG if table.caught_up.is_set() else logging.WARNING,
+                    "reading %s failed (%r); retrying in %.1fs", table.topic, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)

@@ -31,7 +31,7 @@ from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
 from holdgate.stream.core import Shadow, Snapshot
 from holdgate.stream.published import Published
-from holdgate.stream.signed_table import SignedTable
+from holdgate.stream.signed_table import SignedTable, follow
 
 __all__ = ["Versions", "assemble", "VERSIONS_UNKNOWN"]
 
@@ -108,12 +108,15 @@ class Versions:
         self.settings = settings
         self.local = local
         self.on_snapshot = on_snapshot
+        self.on_report: Callable[[], None] = lambda: None    # problems changed (status)
         options = aiokafka_options(settings)
         trust = settings.operators()
         self.tables = {kind: SignedTable(settings.bootstrap, topic, trust, parse_value,
                                          client_options=options)
                        for kind, topic in (("policy", settings.policies_topic),
                                            ("model", settings.models_topic))}
+        for table in self.tables.values():
+            table.on_reject = self._dirty_set
         self.caught_up = asyncio.Event()
         self.problems: list[str] = []
         self.enforced: dict[str, str | None] = {"policy": local.policy_version,
@@ -126,8 +129,12 @@ class Versions:
         self._dirty = asyncio.Event()
         self._loaded = _Loaded()
 
+    def _dirty_set(self) -> None:
+        self._dirty.set()
+
     async def run(self) -> None:
-        tasks = [asyncio.ensure_future(t.run(self._dirty.set)) for t in self.tables.values()]
+        tasks = [asyncio.ensure_future(follow(t, self._dirty.set))
+                 for t in self.tables.values()]
         try:
             await asyncio.gather(*(t.caught_up.wait() for t in self.tables.values()))
             await self._rebuild()
@@ -145,13 +152,25 @@ class Versions:
         return {kind: Published.from_values(t.values, kind)  # type: ignore[arg-type]
                 for kind, t in self.tables.items()}
 
+    def _ignored(self) -> list[str]:
+        """Unsigned or untrusted records the tables refused (they change nothing)."""
+        return [f"{t.topic}: {t.rejected.count} record(s) ignored (unsigned, not by a trusted "
+                f"operator key, or unreadable); last: {t.rejected.last}"
+                for t in self.tables.values() if t.rejected.count]
+
     async def _rebuild(self) -> None:
+        try:
+            await self._rebuild_once()
+        finally:
+            self.on_report()
+
+    async def _rebuild_once(self) -> None:
         self._dirty.clear()
         state = self.state()
         pol, mod = state["policy"], state["model"]
         wanted = (pol.enforced and pol.enforced.version, mod.enforced and mod.enforced.version,
                   pol.shadow and pol.shadow.version, mod.shadow and mod.shadow.version)
-        problems = pol.problems + mod.problems
+        problems = pol.problems + mod.problems + self._ignored()
         if wanted == self._wanted:
             self.problems = problems + [p for p in self.problems if p.startswith("load:")]
             return

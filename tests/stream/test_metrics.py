@@ -93,8 +93,10 @@ class FakeDriver:
         self.controls = SimpleNamespace(caught_up=caught_up, values={},
                                         rejected=SimpleNamespace(count=0))
         self.settings = SimpleNamespace(control_topic="c", actions_topic="a")
-        snapshot = SimpleNamespace(policy_version="sha256:abc", model_version=None)
+        snapshot = SimpleNamespace(policy_version="sha256:abc", model_version=None,
+                                   shadow=None, unavailable=None)
         self.runner = SimpleNamespace(snapshot=snapshot, worker_id="w-1")
+        self.versions = SimpleNamespace(caught_up=caught_up, swaps=0, failures=0)
 
     @property
     def assigned_partitions(self) -> list[int]:
@@ -132,6 +134,7 @@ def test_exposition_reads_driver_stats_at_scrape_time() -> None:
     assert s[("holdgate_decision_latency_seconds_bucket", frozenset({("le", "0.1")}))] == 0
     [info] = [dict(labels) for name, labels in s if name == "holdgate_worker_info"]
     assert info == {"worker_id": "w-1", "policy_version": "sha256:abc", "model_version": "none",
+                    "shadow_policy_version": "none", "shadow_model_version": "none",
                     "version": info["version"]}
     driver.stats.count(_decided_batch())          # read again at the next scrape
     assert _samples(metrics)[("holdgate_decisions_total",
