@@ -151,6 +151,13 @@ def _register() -> None:
     cli.add_command(audit_cmds.audit)
     from holdgate.cli.executor_cmd import executor
     cli.add_command(executor)
+    from holdgate.cli import publish_cmds
+    policy_cmds.policy.add_command(publish_cmds.publish_policy, "publish")
+    cli.add_command(publish_cmds.model)
+    cli.add_command(publish_cmds.promote)
+    cli.add_command(publish_cmds.rollback)
+    cli.add_command(publish_cmds.shadow)
+    cli.add_command(publish_cmds.status)
     _walk(cli, "")
 
 

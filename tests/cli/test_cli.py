@@ -93,7 +93,7 @@ def test_send_prints_a_timeout_deny_without_a_worker(gate_settings) -> None:  # 
     out = _run("send", "--agent", "support-bot-1", "--action", "tickets.read",
                "--resource", "Ticket:T-1", "--timeout", "1", "--json",
                env=gate_settings.to_env())
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 3, out.stderr             # 3: no worker verdict in time
     verdict = json.loads(out.stdout)
     assert verdict["decision"] == "deny" and verdict["reasons"][0]["code"] == "TIMEOUT"
 
