@@ -193,5 +193,6 @@ def _coerce(name: str, annotation: Any, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a {kind}") from None
+        what = {"int": "an integer", "float": "a number"}.get(kind, f"a {kind}")
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not {what}") from None
     return raw

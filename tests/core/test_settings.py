@@ -20,7 +20,7 @@ def test_round_trip_through_env() -> None:
 
 
 @pytest.mark.parametrize("env, words", [
-    ({"HOLDGATE_PARTITIONS": "many"}, "HOLDGATE_PARTITIONS='many' is not a int"),
+    ({"HOLDGATE_PARTITIONS": "many"}, "HOLDGATE_PARTITIONS='many' is not an integer"),
     ({"HOLDGATE_PARTITIONS": "0"}, "partitions must be >= 1"),
     ({"HOLDGATE_VERDICTS_TOPIC": "holdgate.actions"}, "must differ"),
     ({"HOLDGATE_SIGNALS": "maybe"}, "signals must be"),
