@@ -55,6 +55,7 @@ class Settings:
     session_timeout: float = 10.0   # seconds before a crashed worker's partitions move
     signals: str = "on"             # "off" only for benchmarks: guards then see zeros
     web_port: int = 0               # metrics and health endpoints; 0 disables them
+    web_host: str = "127.0.0.1"     # where they listen (0.0.0.0 in a container)
     log_level: str = "warning"
     max_action_bytes: int = 65_536  # larger action records are denied TOO_LARGE
     instance_id: str = ""           # static group membership id; empty: host + datadir

@@ -109,13 +109,13 @@ async def _serve(driver: Any) -> None:
     stopper = _Stopper(driver, asyncio.get_running_loop())
     stopper.install()
     assert driver.metrics is not None
-    observer = Observer(driver, driver.metrics, port=s.web_port)
+    observer = Observer(driver, driver.metrics, port=s.web_port, host=s.web_host)
     try:
         await observer.start()
     except OSError as exc:
-        raise ConfigError(f"cannot serve metrics and health on 127.0.0.1:{s.web_port} "
+        raise ConfigError(f"cannot serve metrics and health on {s.web_host}:{s.web_port} "
                           f"(HOLDGATE_WEB_PORT): {exc.strerror or exc}") from None
-    web = f"http://127.0.0.1:{observer.port}/ (metrics, healthz, readyz)" if s.web_port \
+    web = f"http://{s.web_host}:{observer.port}/ (metrics, healthz, readyz)" if s.web_port \
         else "no HTTP endpoint (HOLDGATE_WEB_PORT=0)"
     lifecycle.info("holdgate worker starting: %s -> %s (policy %s, model %s); %s",
                    s.actions_topic, s.verdicts_topic, driver.runner.snapshot.policy_version,
