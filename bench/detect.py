@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from holdgate.events import ActionRequest, encode
+from holdgate.events import ActionRequest
 from holdgate.models.fit import FitOptions, fit_model
 from holdgate.policies import PolicyBundle
 from holdgate.settings import Settings

@@ -54,6 +54,10 @@ _SCHEMA_HINTS = (
     ("declared twice", "remove one of the declarations"),
     ("missing `resource`", "an action's appliesTo lists its principal and resource types"),
 )
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
 _JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
     "String": lambda v: isinstance(v, str),
     "Long": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -153,11 +157,12 @@ def _scope(policy: Mapping[str, Any]) -> tuple[list[str], str | None]:
     """(actions named in the scope, resource type the scope fixes) of an EST policy."""
     action = policy.get("action", {})
     named = [action["entity"]] if "entity" in action else action.get("entities", [])
-    actions = [e.get("id") for e in named if isinstance(e, dict) and e.get("type") == "Action"]
+    actions = [str(e["id"]) for e in named
+               if isinstance(e, dict) and e.get("type") == "Action" and "id" in e]
     resource = policy.get("resource", {})
     kind = resource.get("entity_type") if resource.get("op") == "is" else \
         (resource.get("entity") or {}).get("type") if resource.get("op") == "==" else None
-    return actions, kind
+    return actions, kind if isinstance(kind, str) else None
 
 
 def applies_to_problems(file: TextFile, sources: Sequence[PolicySource], ids: Sequence[str],
@@ -281,10 +286,10 @@ def _explain(item: Mapping[str, Any], info: SchemaInfo, at: Callable[..., None],
             continue
         check = _JSON_TYPES.get(declared[name].type)
         if declared[name].type.startswith("Set<"):
-            check = lambda v: isinstance(v, list)
+            check = _is_list
         if check is not None and not check(value):
-            at(("attrs", name), f"attribute {json.dumps(name)} is {describe(value)}, but {schema_file} "
-                                f"declares it {declared[name].type}", key=False)
+            at(("attrs", name), f"attribute {json.dumps(name)} is {describe(value)}, but "
+                                f"{schema_file} declares it {declared[name].type}", key=False)
     for name, spec in declared.items():
         if spec.required and name not in attrs:
             at(("attrs",), f"missing required attribute {json.dumps(name)} ({spec.type})")

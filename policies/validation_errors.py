@@ -140,7 +140,8 @@ def _split_top(tokens: list[Token], op: str) -> list[tuple[int, int]]:
 
 def _if_parts(tokens: list[Token]) -> list[tuple[int, int]]:
     """Offsets of condition, then- and else-branch of ``if c then a else b`` (all tokens)."""
-    depth, nested, marks = 0, 0, []
+    depth, nested = 0, 0
+    marks: list[int] = []
     for i, token in enumerate(tokens[1:], 1):
         text = token.text if token.kind in ("op", "ident") else ""
         if text in ("(", "[", "{"):

@@ -170,7 +170,7 @@ def export_audit(settings: Settings, start: float, end: float, sink: IO[bytes], 
             line = orjson.dumps(header)
             sink.write(line + b"\n")
             chain = chain_next(chain, line)
-            for p, _offset, pos, length, digest in sorted(index):
+            for _p, _offset, pos, length, digest in sorted(index):
                 verdicts.seek(pos)
                 hit = found.get(digest)
                 action: bytes = b"null"

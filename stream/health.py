@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from holdgate.stream.kafka_driver import KafkaDriver
     from holdgate.stream.metrics import WorkerMetrics
 
-__all__ = ["bounded", "unless_set", "release_producers", "BrokerWatch", "Readiness", "readiness", "Observer", "lifecycle"]
+__all__ = ["bounded", "unless_set", "release_producers", "BrokerWatch", "Readiness", "readiness",
+           "Observer", "lifecycle"]
 
 log = logging.getLogger("holdgate.worker")
 #: Start, ready, outage, recovery, stop: INFO, yet shown at the default level (worker.py).

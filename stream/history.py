@@ -110,7 +110,7 @@ class TopicHistory:
 def read_topic(settings: Settings, start: float, end: float, *,
                with_verdicts: bool = True, progress: Any = None) -> TopicHistory:
     """Read ``[start, end)`` of the actions topic (and its verdicts) with read_committed."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     if end <= start:
         raise ConfigError("--to must be after --from")

@@ -51,9 +51,9 @@ import os
 import socket
 import time
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (InvalidProducerEpoch, ProducerFenced,
                              TransactionalIdAuthorizationFailed)
@@ -68,7 +68,6 @@ from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_pro
                                    unless_set)
 from holdgate.stream.lanes import Lane, LanePreparation
 from holdgate.stream.metrics import DriverStats, WorkerMetrics
-from holdgate.stream.restore import restore
 from holdgate.stream.runner import BatchOutput, Runner
 from holdgate.stream.signed_table import SignedTable, follow
 from holdgate.stream.status_pub import StatusPublisher
@@ -155,6 +154,12 @@ class KafkaDriver(LanePreparation):
     def consumer(self) -> AIOKafkaConsumer | None:
         return self._consumer
 
+    async def _probe_topics(self) -> Any:
+        """The broker watch's probe: a metadata round trip on the group consumer."""
+        if self._consumer is None:
+            raise ConnectionError("the consumer is not started")
+        return await self._consumer.topics()
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -202,7 +207,7 @@ class KafkaDriver(LanePreparation):
         self._tasks += [asyncio.ensure_future(follow(self.controls, self._controls_changed)),
                         asyncio.ensure_future(self.versions.run()),
                         asyncio.ensure_future(self.status.run()),
-                        asyncio.ensure_future(self.broker.run(lambda: self.consumer.topics()))]
+                        asyncio.ensure_future(self.broker.run(self._probe_topics))]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
             group_instance_id=self.instance_id, enable_auto_commit=False,
@@ -230,7 +235,7 @@ class KafkaDriver(LanePreparation):
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()
-        closing = [self._close_lane(p) for p in list(self._lanes)]
+        closing: list[Awaitable[Any]] = [self._close_lane(p) for p in list(self._lanes)]
         if self._consumer is not None:      # static member: its partitions wait for it
             closing.append(bounded(self._consumer.stop(), CLOSE_BOUND, "consumer stop"))
         await asyncio.gather(*closing)

@@ -256,7 +256,7 @@ def lag(driver: KafkaDriver) -> dict[int, int]:
     partition is not fetched (paused, not ready: then it has no sample).  A
     transaction marker written by a transactional producer counts as one.
     """
-    consumer, out = driver.consumer, {}
+    consumer, out = driver.consumer, dict[int, int]()
     if consumer is None:
         return out
     for p, lane in sorted(driver.lanes.items()):

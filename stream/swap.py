@@ -54,23 +54,23 @@ def assemble(settings: Settings, bundle: Any, model: Any, *, shadow_bundle: Any 
 
     on = settings.signals == "on"
     signals = SignalComputer(model=model, roles=bundle.agent_roles) if on else None
+    engine = PolicyEngine(bundle)
     shadow = None
     if shadow_bundle is not None or shadow_model_set:
         candidate = shadow_bundle if shadow_bundle is not None else bundle
         computer = SignalComputer(model=shadow_model, roles=candidate.agent_roles) \
             if on and shadow_model_set else None
         shadow = Shadow(
-            engine=PolicyEngine(candidate) if shadow_bundle is not None else None,
+            # a model-only candidate is decided by the enforced engine (its cache too)
+            engine=PolicyEngine(candidate) if shadow_bundle is not None else engine,
             policy_version=candidate.version, signals=computer,
             model_version=(computer.model_version if computer is not None else
                            signals.model_version if signals is not None else None))
-    base = Snapshot(engine=PolicyEngine(bundle), policy_version=bundle.version,
+    base = Snapshot(engine=engine, policy_version=bundle.version,
                     signals=signals, roles=bundle.agent_roles,
                     max_clock_skew=settings.max_clock_skew,
                     recovery_hold=settings.recovery_hold, idle_ttl=settings.idle_ttl,
                     partitions=settings.partitions)
-    if shadow is not None and shadow.engine is None:           # a model-only candidate
-        shadow = dataclasses.replace(shadow, engine=base.engine)
     return dataclasses.replace(base, shadow=shadow)
 
 

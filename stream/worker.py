@@ -229,8 +229,9 @@ class SafeFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.message.rstrip())
-        if getattr(record, "hg_cause", None):
-            record.message += f" ({_CONTROL.sub(' ', record.hg_cause)[:300]})"
+        cause = getattr(record, "hg_cause", None)
+        if cause:
+            record.message += f" ({_CONTROL.sub(' ', str(cause))[:300]})"
         suppressed = getattr(record, "hg_suppressed", 0)
         if suppressed:
             record.message += f" [{suppressed} similar messages suppressed]"
@@ -239,9 +240,9 @@ class SafeFormatter(logging.Formatter):
 
 class LogTamer(logging.Filter):
     """Handler filter: demote the clients' false alarms, shorten their tracebacks to one
-    line, mute them during a declared outage (`BrokerWatch` counts them), and let any WARNING+ template through at most
-    `burst` times per `window` seconds (a client's: once), the next one saying how many
-    were dropped."""
+    line, mute them during a declared outage (`BrokerWatch` counts them), and let any WARNING+
+    template through at most `burst` times per `window` seconds (a client's: once), the next
+    one saying how many were dropped."""
 
     def __init__(self, *, window: float = 60.0, burst: int = 5, watch: Any = None) -> None:
         super().__init__()

@@ -16,7 +16,8 @@ def main() -> None:
         frames = [_FRAME.sub(r" (\1)", f) for f in stack.split(";")]
         if not any(f.startswith("run (") for f in frames):
             continue                       # imports, fitting: not what is measured
-        stacks[";".join(frames[frames.index(next(f for f in frames if f.startswith("run ("))):])] += int(n)
+        start = frames.index(next(f for f in frames if f.startswith("run (")))
+        stacks[";".join(frames[start:])] += int(n)
     total = sum(stacks.values())
     self_c: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()

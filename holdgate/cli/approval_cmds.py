@@ -28,7 +28,8 @@ _AGENT = click.option("--agent", default=None,
                       help="Only this agent (reads just its partition: much faster).")
 
 
-def held_actions(settings: Settings, since: str, agent: str | None) -> Iterator[tuple[Verdict, str]]:
+def held_actions(settings: Settings, since: str,
+                 agent: str | None) -> Iterator[tuple[Verdict, str]]:
     """Pending verdicts still open, verified, oldest first: (verdict, problem-or-'')."""
     import orjson
 

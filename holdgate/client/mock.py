@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
-from holdgate.client.transport import (Received, AsyncConsumer, AsyncProducer, AsyncTransport, Consumer,
-                                       OnDelivery, Producer, Transport, TransportError)
+from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport, Consumer,
+                                       OnDelivery, Producer, Received, Transport,
+                                       TransportError)
 from holdgate.events import ActionRequest, Verdict, decode_request, encode
 from holdgate.keys import Signer
 from holdgate.signing import sign_headers

@@ -1,7 +1,6 @@
 """The sans-I/O protocol core, driven by hand: no broker, no threads, a fake clock."""
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest

@@ -1,4 +1,5 @@
-"""The protocol core and pending verdicts: a hold is a deny, unless the check waits for its approval.
+"""The protocol core and pending verdicts: a hold is a deny, unless the check waits for its
+approval.
 
 Driven by hand like tests/client/test_core.py (its helpers): no broker, a fake clock.
 """

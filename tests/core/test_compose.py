@@ -260,7 +260,7 @@ def port_problems(compose: dict[str, Any]) -> list[str]:
     voters = {v.split("@")[1] for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")}
     if voters != {f"{kafka.get('hostname', name)}:{listen[controller][1]}"}:
         problems.append(f"controller voters {voters} are not the {controller} listener")
-    for lname, (host, port) in advertised.items():
+    for lname, (_host, port) in advertised.items():
         if lname not in listen:
             problems.append(f"advertised listener {lname} does not listen")
         elif listen[lname][1] != port:

@@ -245,7 +245,7 @@ def test_oversized_record_is_dead_lettered_bounded_and_the_loop_goes_on(
     valid = []
 
     def send_valid(n: int) -> None:
-        for i in range(n):
+        for _ in range(n):
             req = ActionRequest.create(agent_id=agent, action="records.read",
                                        resource={"type": "Record", "id": "web-analytics-2024"},
                                        context={"i": f"{len(valid)}"})

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from kafka import KafkaProducer
 
-from holdgate.artifacts import Artifact, Pointer, content_key, pointer_key
+from holdgate.artifacts import Artifact, Pointer, content_key
 from holdgate.client import Gate
 from holdgate.cli.publish_cmds import promote, publish_policy, rollback, shadow, status
 from holdgate.keys import Signer, generate_keypair

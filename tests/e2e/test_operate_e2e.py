@@ -61,7 +61,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-def wait_ready(worker: WorkerProcess, port: int, timeout: float = 90.0) -> list[tuple[int, dict[str, Any]]]:
+def wait_ready(worker: WorkerProcess, port: int,
+               timeout: float = 90.0) -> list[tuple[int, dict[str, Any]]]:
     """Poll /readyz until 200; returns every answer seen (503s carry their reasons)."""
     seen: list[tuple[int, dict[str, Any]]] = []
 

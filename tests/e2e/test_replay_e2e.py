@@ -144,7 +144,7 @@ def test_other_batching_changes_no_decision(history: dict[str, Any]) -> None:
         runner = build_runner(settings, MemoryStore())
         got: dict[str, Any] = {}
 
-        def keep(d: Any) -> None:
+        def keep(d: Any, got: dict[str, Any] = got) -> None:
             got[d.request_id] = (d.decision, tuple(r.code for r in d.reasons),
                                  tuple(sorted(d.signals.items())), d.policy_version,
                                  d.model_version)

@@ -211,7 +211,8 @@ def test_signals_read_lists_only_what_policies_read(make_bundle: BundleFactory) 
     bundle = PolicyBundle.load(default_bundle_path())
     assert bundle.signals_read is not None
     assert set(bundle.signals_read) <= set(SIGNAL_NAMES)
-    assert {"rate_1s", "rate_1s_pct", "repeat_10s", "fanout_pct", "anomaly"} <= set(bundle.signals_read)
+    assert {"rate_1s", "rate_1s_pct", "repeat_10s", "fanout_pct", "anomaly"} <= \
+        set(bundle.signals_read)
     whole = make_bundle(append={"policy.cedar": '\n@id("streak-guard")\n@code("REPETITION")\n'
                                                 "forbid (principal, action, resource) when "
                                                 "{ context.signals has streak && "
