@@ -14,21 +14,135 @@ topic it classifies each action:
 
 Recorded ``STATE_RECOVERING`` denies (state was lost at the time) count as
 warm-up: a replay from an empty state has nothing to hold.
+
+Speed without another decision: the worker decodes each touched agent's state
+blob at the start of a batch and encodes it at the end, because its store must
+be durable bytes.  A replay's store is memory, so with signals on it keeps the
+decoded states between batches (`LiveStates`) and encodes only when it evicts
+one or finishes; records are run in batches of up to ``RUN_MAX`` (the chunks of
+``chunk_size`` that share one decision clock), and no verdict bytes are sealed.
+Each of these is a thing the core already promises not to depend on: batch
+boundaries (waves), and how a state is held in memory (`AgentState.__eq__`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
+
+import orjson
 
 from holdgate import reasons as rc
+from holdgate.errors import ModelError
+from holdgate.models import AgentState
 from holdgate.stream.core import Decision
 from holdgate.stream.edges import RawRecord
 from holdgate.stream.runner import Runner
+from holdgate.stream.state import StateStore, Writes
 
-__all__ = ["ReplayReport", "Mismatch", "replay", "decision_line"]
+__all__ = ["ReplayReport", "Mismatch", "replay", "decision_line", "LiveStates"]
 
+#: Records per decision clock: a chunk is decided at its latest broker time (see
+#: `_event_clock`), so this is part of what a topic replay reproduces.
 CHUNK = 512
+#: Consecutive chunks with the same clock (a whole file history: no broker times) run
+#: as one batch of up to this many records: fewer, larger waves and Cedar batches.
+RUN_MAX = 4096
+#: Decoded agent states a replay keeps; beyond, the least recently written are encoded.
+LIVE_MAX = 100_000
+
+
+class LiveStates(MutableMapping[str, AgentState]):
+    """Agent states kept decoded between batches: a replay's `Runner.state_view`.
+
+    The same mapping the core gets from `BatchStates`, minus the codec round trip
+    per batch: an agent is decoded from the store at most once (when it was there
+    before the replay, or was evicted), its state object then stays live, and it is
+    encoded when more than `limit` agents are live (least recently written first)
+    or at `flush`.  The signals are the same either way: the worker holds a state
+    object over many waves of one batch too, and `AgentState` promises the same
+    signals however a state is held (decoded or not, see its ``__eq__``).
+
+    Exact only when every state the core changes is assigned back, as the signal
+    computer does (a Faust table only persists assignments): a change made in place
+    and never assigned is lost by `BatchStates` at the end of the batch but kept
+    here.  Without signals the core remembers request ids in place and never assigns
+    a state it loaded, so the worker forgets them at the end of every batch but the
+    agent's first: its duplicate detection then depends on the batching.  `replay`
+    therefore keeps states live, and batches larger than a chunk, only with signals.
+    """
+
+    def __init__(self, store: StateStore, partition_of: Callable[[str], int], *,
+                 limit: int = LIVE_MAX) -> None:
+        self._store = store
+        self._partition_of = partition_of
+        self.limit = max(1, limit)
+        self.live: dict[str, AgentState] = {}
+        self.corrupt: set[str] = set()
+
+    def __call__(self, store: StateStore, partition_of: Callable[[str], int]) -> LiveStates:
+        """The runner's per-batch view: this object (`corrupt` is per batch)."""
+        if store is not self._store:
+            raise ValueError("LiveStates belongs to another store")
+        self._partition_of = partition_of
+        self.corrupt = set()
+        return self
+
+    def __getitem__(self, key: str) -> AgentState:
+        state = self.live.get(key)
+        if state is not None:
+            return state
+        blob = self._store.get(self._partition_of(key), key)
+        if blob is None:
+            raise KeyError(key)
+        try:
+            state = AgentState.from_bytes(blob)
+        except ModelError:
+            self.corrupt.add(key)           # as BatchStates: reads as absent, holds
+            raise KeyError(key) from None
+        self.live[key] = state
+        return state
+
+    def get(self, key: str, default: Any = None) -> Any:
+        state = self.live.get(key)
+        if state is not None:
+            return state
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key: str, value: AgentState) -> None:
+        live = self.live
+        live.pop(key, None)                 # most recently written last
+        live[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.live.pop(key, None)
+        self._store.apply(self._partition_of(key), {key: None})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.live)
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def writes(self) -> Writes:
+        """What the batch must write to the store: only states evicted past `limit`."""
+        excess = len(self.live) - self.limit
+        if excess <= 0:
+            return {}
+        out: Writes = {}
+        live = self.live
+        for key in list(live)[:excess + self.limit // 10]:    # a tenth more: evict rarely
+            out.setdefault(self._partition_of(key), {})[key] = live.pop(key).to_bytes()
+        return out
+
+    def flush(self) -> None:
+        """Encode every live state into the store (the store then holds the end state)."""
+        for key, state in self.live.items():
+            self._store.apply(self._partition_of(key), {key: state.to_bytes()})
+        self.live.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +199,71 @@ def replay(records: Iterable[RawRecord], runner: Runner, *,
            recorded: Mapping[str, Mapping[str, Any]] | None = None,
            on_decision: Callable[[Decision], None] | None = None,
            on_progress: Callable[[int], None] | None = None,
-           decided_at: float | None = None, chunk_size: int = CHUNK) -> ReplayReport:
-    """Run `records` in order through `runner` (state in its store) and compare."""
+           decided_at: float | None = None, chunk_size: int = CHUNK,
+           batch_max: int = RUN_MAX, live: bool = True,
+           live_max: int = LIVE_MAX) -> ReplayReport:
+    """Run `records` in order through `runner` (state in its store) and compare.
+
+    `chunk_size` records share a decision clock; with signals, consecutive chunks
+    with the same clock run as one batch of up to `batch_max` records and `live`
+    keeps agent states decoded between batches (see `LiveStates`; without signals
+    each chunk is a batch over `BatchStates`, as before).  The store holds the end
+    states either way.  No verdicts are sealed (the runner's `sealing` is restored).
+    """
     report = ReplayReport()
     t0 = time.perf_counter()
     recorded = recorded or {}
+    view = None
+    if runner.snapshot.signals is None:
+        batch_max = chunk_size          # see LiveStates: without signals, batches matter
+    elif live and runner.state_view is None:
+        view = runner.state_view = LiveStates(runner.store, runner.partition_of,
+                                              limit=live_max)
+    sealing, runner.sealing = runner.sealing, False
+    try:
+        for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
+            out = runner.run(batch, decided_at=at)
+            runner.apply(out.writes)
+            report.records += len(batch)
+            report.deadletters += len(out.deadletters)
+            for d in out.decisions:
+                report.decisions += 1
+                if d.allowed:
+                    report.allowed += 1
+                else:
+                    report.denied += 1
+                if on_decision is not None:
+                    on_decision(d)
+                if recorded:
+                    _compare(d, recorded.get(d.request_id), report)
+            if on_progress is not None:
+                on_progress(len(batch))
+    finally:
+        runner.sealing = sealing
+        if view is not None:
+            runner.state_view = None
+            view.flush()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _batches(records: Iterable[RawRecord], recorded: Mapping[str, Mapping[str, Any]],
+             decided_at: float | None, chunk_size: int, batch_max: int
+             ) -> Iterator[tuple[list[RawRecord], float]]:
+    """(records, decision clock): chunks of `chunk_size`, merged while their clocks agree."""
+    batch: list[RawRecord] = []
+    batch_at = 0.0
     for chunk in _chunks(records, chunk_size):
         if recorded:
             chunk = [_with_recorded_time(r, recorded) for r in chunk]
         at = decided_at if decided_at is not None else _event_clock(chunk)
-        out = runner.run(chunk, decided_at=at)
-        runner.apply(out.writes)
-        report.records += len(chunk)
-        report.deadletters += len(out.deadletters)
-        for d in out.decisions:
-            report.decisions += 1
-            report.allowed += d.allowed
-            report.denied += not d.allowed
-            if on_decision is not None:
-                on_decision(d)
-            if recorded:
-                _compare(d, recorded.get(d.request_id), report)
-        if on_progress is not None:
-            on_progress(len(chunk))
-    report.seconds = time.perf_counter() - t0
-    return report
+        if batch and (at != batch_at or len(batch) + len(chunk) > batch_max):
+            yield batch, batch_at
+            batch = []
+        batch += chunk
+        batch_at = at
+    if batch:
+        yield batch, batch_at
 
 
 def _event_clock(chunk: list[RawRecord]) -> float:
@@ -124,10 +278,6 @@ def _event_clock(chunk: list[RawRecord]) -> float:
 def _with_recorded_time(record: RawRecord, recorded: Mapping[str, Mapping[str, Any]]
                         ) -> RawRecord:
     """Decide at the recorded time, so deadline checks (EXPIRED) come out the same."""
-    from dataclasses import replace
-
-    import orjson
-
     try:
         request_id = orjson.loads(record.value or b"").get("request_id")
     except (orjson.JSONDecodeError, AttributeError):

@@ -18,7 +18,7 @@ import time
 
 import orjson
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from holdgate import reasons as rc
 from holdgate.approvals import ApproverKeys
@@ -66,6 +66,9 @@ class Runner:
     sealing: bool = True        # False: decisions only, no signed verdict bytes (replay)
     approvals_topic: str = ""   # records of this topic are approval tokens (stream.holds)
     approvers: ApproverKeys | None = None
+    #: How a batch sees agent states; None: a `BatchStates` over `store` (decoded per batch,
+    #: encoded back as ``writes``).  Only replays set one (`holdgate.stream.replay`).
+    state_view: Callable[[StateStore, Callable[[str], int]], BatchStates] | None = None
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("decode", "decide", "seal", "actions"), 0.0))
 
@@ -96,7 +99,8 @@ class Runner:
             decode(raw, max_bytes=self.max_action_bytes, now=decided_at,
                    partitions=self.partitions) for raw in records]
         t1 = time.perf_counter()
-        states = BatchStates(self.store, self.partition_of)
+        states = BatchStates(self.store, self.partition_of) if self.state_view is None \
+            else self.state_view(self.store, self.partition_of)
         marks = PartitionMarks(lambda p: self.store.get(p, MARK_KEY), snapshot.recovery_hold)
         actions = [item for item in items if isinstance(item, Action)]
         decided = iter(core.decide(snapshot, actions, states, marks, decided_at))
