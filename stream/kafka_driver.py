@@ -2,13 +2,15 @@
 
 Each batch of a partition is one Kafka transaction holding its verdicts, its
 dead letters, the changed agent states and the partition's mark (changelog).
-The mark records the next action offset to decide and the consumer group's
-offset is committed in the same transaction, so a ``read_committed`` reader
-sees a batch's verdicts if and only if its state and position moved too.  A
+The mark records the next action (and approval) offset to decide, so a
+``read_committed`` reader sees a batch's verdicts if and only if its state and
+position moved too.  The consumer group's offsets are committed after the
+transaction, off the decision's path (`holdgate.stream.offsets`): they trail
+the marks and only tell lost state from a restart.  A
 crash at any point either loses the whole batch (it is decided again, from the
-state that did not count it, with the same inputs) or none of it.  The two
-positions agree unless the changelog was lost, which is how lost state is told
-from a normal restart.  Actions are read with ``read_committed`` too, so an
+state that did not count it, with the same inputs) or none of it.  The group
+offset is never ahead of the mark unless the changelog was lost, which is how
+lost state is told from a normal restart.  Actions are read with ``read_committed`` too, so an
 aborted producer transaction is never decided and its markers are just offsets
 the consumer steps over.
 
@@ -68,6 +70,7 @@ from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_pro
                                    unless_set)
 from holdgate.stream.lanes import Lane, LanePreparation
 from holdgate.stream.metrics import DriverStats, WorkerMetrics
+from holdgate.stream.offsets import GroupOffsets
 from holdgate.stream.runner import BatchOutput, Runner
 from holdgate.stream.signed_table import SignedTable, follow
 from holdgate.stream.status_pub import StatusPublisher
@@ -131,6 +134,7 @@ class KafkaDriver(LanePreparation):
         self.versions = Versions(settings, runner.snapshot, self._swap)
         self.status = StatusPublisher(settings, runner.signer, self.describe)
         self.versions.on_report = self.status.changed
+        self.offsets = GroupOffsets(lambda: self._consumer, lambda p: p in self._lanes)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -207,7 +211,8 @@ class KafkaDriver(LanePreparation):
         self._tasks += [asyncio.ensure_future(follow(self.controls, self._controls_changed)),
                         asyncio.ensure_future(self.versions.run()),
                         asyncio.ensure_future(self.status.run()),
-                        asyncio.ensure_future(self.broker.run(self._probe_topics))]
+                        asyncio.ensure_future(self.broker.run(self._probe_topics)),
+                        asyncio.ensure_future(self.offsets.run(self._stopping))]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-worker", group_id=s.app_id,
             group_instance_id=self.instance_id, enable_auto_commit=False,
@@ -232,6 +237,8 @@ class KafkaDriver(LanePreparation):
         """Release everything within a few seconds, reachable broker or not."""
         for task in self._tasks:
             task.cancel()
+        if self.broker.down_since is None:     # the last batches' offsets, if it is quick
+            await bounded(self.offsets.flush(), 2.0, "final group offset commit")
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()
@@ -301,19 +308,44 @@ class KafkaDriver(LanePreparation):
                 sweep = self.runner.sweep(p)
                 if sweep:
                     out.writes.setdefault(p, {}).update(sweep)
-            jobs.append(self._commit(lane, out, raws, time.perf_counter() - t0))
+            jobs.append(self._commit_or_redo(lane, out, raws, time.perf_counter() - t0))
         if jobs:
             await asyncio.gather(*jobs)
+
+    async def _commit_or_redo(self, lane: Lane, out: BatchOutput, raws: list[RawRecord],
+                              decide_seconds: float) -> None:
+        """Commit; a batch whose allow outlived its deadline is decided again, now.
+
+        An allow decided in time but committed after its request's deadline would
+        reach a runtime that already gave up (and any executor following the
+        verdicts).  `_commit` aborts such a batch instead; nothing of it was
+        applied, so deciding the same records again at the current time gives
+        their EXPIRED denies (and the rest the same answers, one transaction).
+        """
+        # Ends: each round decides at a later time, so a late allow is EXPIRED the next.
+        while not await self._commit(lane, out, raws, decide_seconds):
+            self.stats.redone += 1
+            if not lane.ready or self._stopping.is_set():
+                return
+            t0 = time.perf_counter()
+            out = self.runner.run(raws, decided_at=time.time())
+            decide_seconds = time.perf_counter() - t0
 
     def _sweep_interval(self) -> float:
         return max(60.0, min(3600.0, self.settings.idle_ttl / 24))
 
     async def _commit(self, lane: Lane, out: BatchOutput, raws: list[RawRecord],
-                      decide_seconds: float) -> None:
-        """One transaction: verdicts + dead letters + state + offset, then the local store."""
+                      decide_seconds: float) -> bool:
+        """One transaction: verdicts + dead letters + state, then the local store.
+
+        False: aborted because an allow's deadline passed before the commit; the
+        caller decides the batch again.  True: committed, or lost (re-preparing).
+        """
         s, p = self.settings, lane.partition
         producer = lane.producers[lane.turn]
         writes = out.writes.get(p, {})
+        due = min((d.deadline for d in out.decisions if d.allowed and d.deadline is not None),
+                  default=None)
         t0 = time.perf_counter()
         try:
             await producer.begin_transaction()
@@ -325,20 +357,23 @@ class KafkaDriver(LanePreparation):
                       for letter in out.deadletters]
             state_sends = [await producer.send(s.changelog_topic, value, key=key.encode(),
                                                partition=p) for key, value in writes.items()]
-            # the offset goes out while the records are in flight, not after them
-            offsets = {TopicPartition(topic, part): offset
-                       for (topic, part), offset in out.offsets.items()}
-            await asyncio.gather(*sends, *state_sends, producer.send_offsets_to_transaction(
-                offsets, s.app_id))
+            await asyncio.gather(*sends, *state_sends)
+            if due is not None and time.time() > due:
+                await producer.abort_transaction()
+                lane.in_txn = False
+                lane.turn ^= 1            # the other id: no wait for this one's markers
+                return False
             await producer.commit_transaction()
             lane.in_txn = False
         except Exception as exc:  # noqa: BLE001 - any failure: this batch did not happen
             self.stats.aborted += 1
             self.stats.fenced += isinstance(exc, _FENCED)
             await self._lost_batch(lane, exc)
-            return
+            return True
         commit_seconds = time.perf_counter() - t0
         lane.turn ^= 1
+        self.offsets.due({TopicPartition(topic, part): offset
+                          for (topic, part), offset in out.offsets.items()})
         checkpoint = max(f.result().offset for f in state_sends) if state_sends else None
         self.store.apply(p, writes, checkpoint)
         lane.position = out.offsets.get((self._topic, p), lane.position)
@@ -350,6 +385,7 @@ class KafkaDriver(LanePreparation):
             self.metrics.batch(raws, self._topic, decide_seconds, commit_seconds, committed_at)
         if self.on_batch is not None:
             self.on_batch(out, committed_at)
+        return True
 
     async def _lost_batch(self, lane: Lane, exc: BaseException) -> None:
         """The transaction failed: nothing of the batch is visible; take the lane again."""
@@ -386,6 +422,9 @@ class KafkaDriver(LanePreparation):
 
     async def _revoke(self, partitions: set[int]) -> None:
         async with self._lock:             # no batch of these partitions is in flight
+            # what they committed goes to the group before they leave (best effort: the
+            # next owner resumes from the marks anyway)
+            await self.offsets.flush(set(partitions))
             for p in sorted(partitions):
                 lane = self._lanes.get(p)
                 if lane is not None and lane.task is not None:

@@ -148,12 +148,13 @@ class LanePreparation:
         else:
             consumer.seek(tp, start)
             lane.position = start
-        if approvals_committed is None:
+        approvals_start = self._approvals_start(p, approvals_committed)
+        if approvals_start is None:
             await consumer.seek_to_beginning(atp)
             lane.approvals_position = None
         else:
-            consumer.seek(atp, approvals_committed)
-            lane.approvals_position = approvals_committed
+            consumer.seek(atp, approvals_start)
+            lane.approvals_position = approvals_start
         lane.ready = True
         self.status.changed()
         consumer.resume(tp, atp)
@@ -161,12 +162,22 @@ class LanePreparation:
         log.info("partition %d ready in %.2fs (restored %d changelog records, start %s)", p,
                  self.stats.last_restore_seconds, stats.records, start)
 
+    def _approvals_start(self, p: int, committed: int | None) -> int | None:
+        """Where approvals resume: the mark's, or the group's if further (lost state)."""
+        blob = self.store.get(p, MARK_KEY)
+        mark = PartitionMark.from_bytes(blob) if blob is not None else None
+        folded = mark.approvals_next if mark is not None else None
+        if folded is None or committed is None:
+            return committed if folded is None else folded
+        return max(folded, committed)
+
     def _start_offset(self, p: int, committed: int | None) -> int | None:
         """Where to resume: the state's own mark, checked against the group offset.
 
-        Both are written in one transaction, so they agree; the group offset is
-        ahead only when state was lost (changelog deleted or truncated): then the
-        partition is held in STATE_RECOVERING from its next action on.
+        The group offset is committed only after a batch's transaction, so it
+        is never ahead of the mark; it is ahead only when state was lost
+        (changelog deleted or truncated): then the partition is held in
+        STATE_RECOVERING from its next action on.
         """
         blob = self.store.get(p, MARK_KEY)
         mark = PartitionMark.from_bytes(blob) if blob is not None else None

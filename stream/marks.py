@@ -15,6 +15,10 @@ disagree with them:
   counters are whole again.  ``hold_pending`` starts the hold at the first
   action seen after the loss, on event time, so a replay holds identically.
 * ``event_time``: the latest event time seen, the clock of idle eviction.
+* ``approvals_next``: the first offset of the co-numbered approvals partition
+  not yet applied.  With ``next_offset`` it is where a take-over resumes: the
+  group's committed offsets trail the marks (committed after the transaction,
+  off the decision's path) and only serve to tell lost state from a restart.
 * ``seq``: the next verdict sequence number of this partition.  Every verdict
   the partition's own batches publish to the same partition number gets the
   next one (in the same transaction as the mark), so an audit export can tell
@@ -40,11 +44,12 @@ class PartitionMark:
     hold_pending: bool = False
     event_time: float = 0.0
     seq: int = 0
+    approvals_next: int | None = None
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({"next_offset": self.next_offset, "hold_until": self.hold_until,
                              "hold_pending": self.hold_pending, "event_time": self.event_time,
-                             "seq": self.seq})
+                             "seq": self.seq, "approvals_next": self.approvals_next})
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> PartitionMark | None:
@@ -52,10 +57,12 @@ class PartitionMark:
         try:
             obj = orjson.loads(blob)
             offset = obj["next_offset"]
+            approvals = obj.get("approvals_next")       # absent in marks written before it
             return cls(next_offset=None if offset is None else int(offset),
                        hold_until=float(obj["hold_until"]),
                        hold_pending=bool(obj["hold_pending"]),
-                       event_time=float(obj["event_time"]), seq=int(obj.get("seq", 0)))
+                       event_time=float(obj["event_time"]), seq=int(obj.get("seq", 0)),
+                       approvals_next=None if approvals is None else int(approvals))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
@@ -116,6 +123,12 @@ class PartitionMarks:
         mark = self.get(partition)
         if mark.next_offset is None or next_offset > mark.next_offset:
             mark.next_offset = next_offset
+            self.dirty.add(partition)
+
+    def advance_approvals(self, partition: int, next_offset: int) -> None:
+        mark = self.get(partition)
+        if mark.approvals_next is None or next_offset > mark.approvals_next:
+            mark.approvals_next = next_offset
             self.dirty.add(partition)
 
     def written(self) -> dict[int, bytes]:

@@ -70,6 +70,8 @@ class DriverStats:
     deadletters: int = 0
     aborted: int = 0                 # batch transactions that failed (fenced ones too)
     fenced: int = 0                  # of those, fenced by another worker
+    redone: int = 0                  # batches aborted and decided again: an allow's deadline
+                                     # passed before its transaction could commit
     restored_records: int = 0
     holds: int = 0                   # partitions found with lost state (STATE_RECOVERING)
     codes: dict[str, int] = field(default_factory=dict)      # reason code -> decisions

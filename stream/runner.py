@@ -133,6 +133,8 @@ class Runner:
                 held.setdefault(decision.partition, {})[pending_key(decision.request_id)] = \
                     pending_entry(decision, raw)
         for raw in approvals:
+            if raw.offset is not None:
+                marks.advance_approvals(raw.partition, raw.offset + 1)
             self._approval(raw, held, marks, decided_at, out)
         out.writes = states.writes()
         for partition, part in held.items():
@@ -184,12 +186,16 @@ class Runner:
               decided_at: float) -> BatchOutput:
         """Deny every identifiable record INTERNAL_ERROR; state is left untouched."""
         out = BatchOutput()
+        approvals_next: dict[int, int] = {}
         error = f"internal error: {exc!r}"[:500]
         for raw in records:
             if raw.offset is not None:
                 out.offsets[(raw.topic, raw.partition)] = max(
                     out.offsets.get((raw.topic, raw.partition), 0), raw.offset + 1)
             if self.approvals_topic and raw.topic == self.approvals_topic:
+                if raw.offset is not None:
+                    approvals_next[raw.partition] = max(approvals_next.get(raw.partition, 0),
+                                                        raw.offset + 1)
                 out.deadletters.append(dead_letter(raw, f"{rc.INTERNAL_ERROR}: {error}",
                                                    worker=self.worker_id,
                                                    received_at=decided_at))
@@ -212,6 +218,8 @@ class Runner:
         marks = PartitionMarks(lambda p: self.store.get(p, MARK_KEY), 0.0)
         for partition, offset in out.next_offsets.items():
             marks.advance(partition, offset)
+        for partition, offset in approvals_next.items():
+            marks.advance_approvals(partition, offset)
         for partition, blob in marks.written().items():
             out.writes.setdefault(partition, {})[MARK_KEY] = blob
         return out

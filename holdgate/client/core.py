@@ -16,8 +16,9 @@ The rules it keeps:
   partition is assigned with a *resolved* position, and its pending entry is
   registered before the send.
 * **Bound to its bytes and its deadline.**  A request carries ``deadline =
-  occurred_at + timeout`` (the worker denies EXPIRED after it) and the digest
-  of the exact bytes published, which an allow must bind.
+  occurred_at + timeout - delivery_margin(timeout)`` (the worker denies EXPIRED
+  after it and commits no allow after it) and the digest of the exact bytes
+  published, which an allow must bind.
 * **Never delivered after its check returned.**  A check that ends with its
   action unacknowledged names the producer to fence (`expire`, `abandon`);
   a fenced or failed producer is replaced, never reused.
@@ -44,9 +45,21 @@ from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest, Resource, Verdict, encode
 from holdgate.reasons import TIMEOUT, UNAVAILABLE
 
-__all__ = ["GateCore", "RETRY_AFTER", "COUNTERS"]
+__all__ = ["GateCore", "RETRY_AFTER", "COUNTERS", "delivery_margin"]
 
 RETRY_AFTER = 1.0          # seconds a setup failure is answered from cache
+
+
+def delivery_margin(timeout: float) -> float:
+    """The end of a check's wait kept for the verdict's commit and delivery.
+
+    The request's deadline is this much before the check gives up: an allow the
+    worker commits before the deadline (it aborts and re-decides a batch whose
+    allow would commit later) still has time to reach the check, so a runtime
+    never gives up on an action that then gets an allow.
+    """
+    return min(1.0, 0.2 * timeout)
+
 BACKOFF = (0.2, 2.0)       # first and longest wait between reconnect attempts
 COUNTERS = ("sent", "verdicts", "ignored", "timeouts", "unavailable", "fences", "held")
 
@@ -151,7 +164,7 @@ class GateCore:
         wall = self.clock.time()
         request = ActionRequest.create(agent_id=agent, action=action, resource=resource,
                                        context=context, occurred_at=wall,
-                                       deadline=wall + wait + extra)
+                                       deadline=wall + wait - delivery_margin(wait) + extra)
         return Pending(request, encode(request), wait, self.clock.monotonic() + wait, extra)
 
     def admit(self, p: Pending) -> Send | Deny | None:
