@@ -19,19 +19,22 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="?", default="all",
                     choices=["all", "hold", "decide", "memory", "replay", "restart", "forest",
-                             "detect"],
+                             "detect", "swap", "profile"],
                     help="hold: end-to-end latency/throughput vs the bare aiokafka and Faust "
                          "echoes (starts Kafka and workers); decide: per-action cost, signals on "
                          "vs off; memory: state per agent and for 100k agents; replay: history "
                          "throughput; restart: fail-closed outage after SIGKILL vs history; "
                          "forest: IsolationForest scoring, sklearn vs numpy; detect: "
-                         "simulate, fit, judge per persona (detection quality)")
+                         "simulate, fit, judge per persona (detection quality); swap: shadow "
+                         "cost and how fast workers follow a publish; profile (not in all): "
+                         "py-spy profile of a loaded worker, by area")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each hold phase")
     ap.add_argument("--agents", type=int, default=8, help="closed-loop agents (hold)")
     ap.add_argument("--window", type=int, default=256, help="checks in flight (hold)")
     ap.add_argument("--fleet", type=int, default=1000, help="distinct agent ids (hold)")
     ap.add_argument("--memory-agents", type=int, default=100_000)
+    ap.add_argument("--tag", help="profile: name of the kept profile (default: a timestamp)")
     args = ap.parse_args()
     print(f"machine: {common.machine()}")
     if args.which in ("all", "decide"):
@@ -77,6 +80,19 @@ def main() -> None:
             res = restart.run(bootstrap)
         common.save("restart", res)
         print(restart.report(res), flush=True)
+    if args.which in ("all", "swap"):       # shadow cost; workers following a publish
+        import swap
+        with common.broker(args.bootstrap) as bootstrap:
+            res = swap.run(bootstrap)
+        common.save("swap", res)
+        print(swap.report(res), flush=True)
+    if args.which == "profile":             # evidence, not a figure: not part of "all"
+        import profile_worker as worker_profile
+        with common.broker(args.bootstrap) as bootstrap:
+            res = worker_profile.run(bootstrap, seconds=max(args.seconds, 20.0),
+                                     window=args.window, n_fleet=args.fleet, tag=args.tag)
+        common.save("profile", res)
+        print(worker_profile.report(res), flush=True)
 
 
 if __name__ == "__main__":
