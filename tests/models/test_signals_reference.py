@@ -345,6 +345,45 @@ def test_fitted_model_rederive(fitted_model: Any) -> None:
             assert a == b
 
 
+def test_anomaly_memo_is_exact(fitted_model: Any) -> None:
+    """The memo answers exactly what the model does, on and around every flip point."""
+    from holdgate.models.features import AnomalyMemo, feature_matrix
+    from holdgate.signals import SIGNAL_NAMES
+
+    memo = AnomalyMemo.for_model(fitted_model)
+    assert memo is not None and AnomalyMemo.for_model(_stub_model()) is None
+    rng = random.Random(31)
+    flips = dict(memo._flips)
+    rows = []
+    for _ in range(3000):
+        row = []
+        for c in range(11):
+            near = flips.get(c)
+            if near and rng.random() < 0.7:
+                row.append(max(0, rng.choice(near) + rng.choice([-1, 0, 0, 1])))
+            else:
+                row.append(rng.choice([0, 1, 2, rng.randrange(300), rng.randrange(1 << 34)]))
+        rows.append(tuple(row))
+    rows += rows[:500]                      # seen again: answered from the memo
+    rows += [tuple(v + 1 if v > 1 << 20 else v for v in r) for r in rows[:800]]  # same cells
+    for r in rows[:1000]:                   # both sides of one flip point, one after the other
+        c = rng.choice(sorted(flips))
+        b = rng.choice([f for f in flips[c] if f > 0] or [1])
+        rows += [r[:c] + (b - 1,) + r[c + 1:], r[:c] + (b,) + r[c + 1:]]
+    full = np.zeros((len(rows), len(SIGNAL_NAMES)))
+    names = ("rate_1s_pct", "rate_60s_pct", "rate_1h_pct", "action_rate_1s_pct",
+             "fanout_pct", "fanout_10m_pct", "repeat_10s", "streak", "unusual_action",
+             "unusual_resource_type", "off_hours")
+    for c, name in enumerate(names):
+        full[:, SIGNAL_NAMES.index(name)] = [r[c] for r in rows]
+    want = fitted_model.anomaly(feature_matrix(full)).tolist()
+    got = []
+    for i in range(0, len(rows), 7):        # small batches, as per wave
+        got += memo.score(rows[i:i + 7])
+    assert got == want
+    assert len(memo._by_cell) < len(memo._by_value)      # intervals were shared
+
+
 def test_counters_saturate_identically() -> None:
     """66,000 attempts in one millisecond: every bucket counter saturates at 65535."""
     pair = Pair(seed=14)
