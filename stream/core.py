@@ -293,7 +293,9 @@ def _shadow(shadow: Shadow, todo: list[_Slot], states: MutableMapping[str, Agent
             "reasons": [{"code": r.code, "message": r.message, "policy_id": r.policy_id}
                         for r in reasons],
             "policy_version": shadow.policy_version, "model_version": shadow.model_version,
-            "signals": {k: v for k, v in sig.items() if slot.signals.get(k) != v}}
+            # a policy-only candidate reads the enforced signals themselves: nothing differs
+            "signals": {} if sig is slot.signals else
+            {k: v for k, v in sig.items() if slot.signals.get(k) != v}}
 
 
 def _expire(action: Action, outcome: Outcome, reasons: tuple[Reason, ...], decided_at: float,
