@@ -39,6 +39,7 @@ from holdgate.models import AgentState, SignalComputer
 from holdgate.policies import PolicyBundle, PolicyEngine, default_bundle_path
 from holdgate.routing import partition_for
 from holdgate.stream import MemoryStore, RawRecord, Runner, Snapshot
+from holdgate.stream.heap import settle
 
 PARTS = 4
 AGENTS = ("support-bot-1", "support-bot-2", "billing-bot-1", "coder-bot-1", "data-bot-1",
@@ -144,6 +145,7 @@ def _run(bundle: PolicyBundle, records: list[RawRecord], batch: int, mode: str,
     from_bytes, to_bytes = AgentState.__dict__["from_bytes"], AgentState.to_bytes
     AgentState.from_bytes = classmethod(clock.timed("st.dec", from_bytes.__func__))
     AgentState.to_bytes = clock.timed("st.enc", to_bytes)
+    settle()                           # as the worker does before its first batch
     try:
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(records), batch):

@@ -66,6 +66,7 @@ from holdgate.settings import Settings
 from holdgate.status import WorkerStatus
 from holdgate.stream.core import Snapshot
 from holdgate.stream.edges import RawRecord
+from holdgate.stream.heap import settle
 from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_producers,
                                    unless_set)
 from holdgate.stream.lanes import Lane, LanePreparation
@@ -178,6 +179,7 @@ class KafkaDriver(LanePreparation):
         """A new published set: in force from the next batch, with the controls in force."""
         self.runner.snapshot = dataclasses.replace(snapshot,
                                                    controls=self.runner.snapshot.controls)
+        settle()          # the previous versions' objects are garbage now; freeze the new
         self.status.changed()
 
     def _unavailable(self) -> None:

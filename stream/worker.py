@@ -78,6 +78,7 @@ def instance_id(settings: Settings) -> str:
 
 def run_worker(settings: Settings) -> None:
     """Blocks until SIGINT/SIGTERM; raises HoldgateError subclasses on bad setup."""
+    from holdgate.stream.heap import settle
     from holdgate.stream.kafka_driver import KafkaDriver
     from holdgate.stream.metrics import WorkerMetrics
     from holdgate.stream.store import RocksStore
@@ -93,6 +94,7 @@ def run_worker(settings: Settings) -> None:
         driver = KafkaDriver(settings, runner, store, instance_id=instance_id(settings),
                              metrics=WorkerMetrics())
         tamer.watch = driver.broker
+        settle()                           # libraries, bundle, model: out of the GC's walk
         _run(_serve(driver))
     finally:
         store.close()
