@@ -14,6 +14,7 @@ a key, deadlines passed at the broker and recorded decision times.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 import uuid
 from pathlib import Path
@@ -203,6 +204,7 @@ def test_file_replay_gives_the_workers_decisions(lines: list[bytes], model_dir: 
     assert len(want) <= len(records) - 5 * 3 - 2 * (len(lines) // 401)
     if with_model:
         assert want[0].model_version and any(d.signals.get("anomaly", 0) for d in want)
+    thresholds = gc.get_threshold()
     for kwargs in ({}, {"live_max": 2}, {"batch_max": 64}, {"live": False}):
         runner = _runner(settings)
         got: list[Any] = []
@@ -210,6 +212,7 @@ def test_file_replay_gives_the_workers_decisions(lines: list[bytes], model_dir: 
         assert got == want, kwargs
         assert report.decisions == len(want) and report.records == len(records)
         assert runner.state_view is None and runner.sealing    # put back as they were
+        assert gc.get_threshold() == thresholds
 
 
 def test_end_state_is_in_the_store_and_decides_on_identically(lines: list[bytes],
