@@ -23,11 +23,19 @@ one or finishes; records are run in batches of up to ``RUN_MAX`` (the chunks of
 ``chunk_size`` that share one decision clock), and no verdict bytes are sealed.
 Each of these is a thing the core already promises not to depend on: batch
 boundaries (waves), and how a state is held in memory (`AgentState.__eq__`).
+`replay_sharded` runs the agents of a history in worker processes, one runner
+each (per-agent state and per-partition marks never cross agents), and merges
+their decisions back in record order.
 """
 from __future__ import annotations
 
 import gc
+import heapq
+import os
+import queue
 import time
+import traceback
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -37,12 +45,15 @@ import orjson
 from holdgate import reasons as rc
 from holdgate.errors import ModelError
 from holdgate.models import AgentState
+from holdgate.routing import partition_for
 from holdgate.stream.core import Decision
 from holdgate.stream.edges import RawRecord
+from holdgate.stream.heap import settle
 from holdgate.stream.runner import Runner
 from holdgate.stream.state import StateStore, Writes
 
-__all__ = ["ReplayReport", "Mismatch", "replay", "decision_line", "LiveStates"]
+__all__ = ["ReplayReport", "Mismatch", "replay", "replay_sharded", "runner_for",
+           "decision_line", "LiveStates"]
 
 #: Records per decision clock: a chunk is decided at its latest broker time (see
 #: `_event_clock`), so this is part of what a topic replay reproduces.
@@ -310,19 +321,222 @@ def _compare(d: Decision, verdict: Mapping[str, Any] | None, report: ReplayRepor
     if verdict is None:
         report.unrecorded += 1
         return
+    _compare_to(verdict, report, d.request_id, d.agent_id, d.decision,
+                tuple(r.code for r in d.reasons), d.signals, d.policy_version, d.model_version)
+
+
+def _compare_to(verdict: Mapping[str, Any], report: ReplayReport, request_id: str,
+                agent_id: str, decision: str, codes: tuple[str, ...],
+                signals: Mapping[str, int], policy_version: str,
+                model_version: str | None) -> None:
     report.compared += 1
-    codes = tuple(r.code for r in d.reasons)
     rec_codes = tuple(r.get("code", "") for r in verdict.get("reasons") or ())
-    if verdict.get("decision") == d.decision and rec_codes == codes:
+    if verdict.get("decision") == decision and rec_codes == codes:
         report.same += 1
         return
-    same_inputs = (verdict.get("policy_version") == d.policy_version
-                   and verdict.get("model_version") == d.model_version
-                   and (verdict.get("signals") or {}) == dict(d.signals)
+    same_inputs = (verdict.get("policy_version") == policy_version
+                   and verdict.get("model_version") == model_version
+                   and (verdict.get("signals") or {}) == dict(signals)
                    and rc.STATE_RECOVERING not in rec_codes)
     if not same_inputs:
         report.warmup += 1
         return
-    report.mismatches.append(Mismatch(d.request_id, d.agent_id,
-                                      (str(verdict.get("decision")), rec_codes),
-                                      (d.decision, codes), dict(d.signals)))
+    report.mismatches.append(Mismatch(request_id, agent_id, (str(verdict.get("decision")),
+                                                             rec_codes),
+                                      (decision, codes), dict(signals)))
+
+
+# -- sharded: agents over worker processes ---------------------------------------------------
+
+#: Batches a shard may be behind the reader before the reader waits for it.
+_AHEAD = 3
+
+
+def replay_sharded(records: Iterable[RawRecord], make_runner: Callable[[], Runner], *,
+                   partitions: int, workers: int | None = None,
+                   recorded: Mapping[str, Mapping[str, Any]] | None = None,
+                   on_line: Callable[[bytes], None] | None = None,
+                   on_decision: Callable[[Decision], None] | None = None,
+                   on_progress: Callable[[int], None] | None = None,
+                   decided_at: float | None = None, chunk_size: int = CHUNK,
+                   batch_max: int = RUN_MAX, live_max: int = LIVE_MAX) -> ReplayReport:
+    """`replay` over `workers` processes (default: one per CPU), the same decisions in order.
+
+    An agent's decisions depend only on its own state and its partition's mark, so
+    each worker process runs its own runner (``make_runner()``, which must pickle:
+    a module-level function or a `functools.partial` of one) over the records of its
+    agents in their original order: a record from Kafka goes by its partition (the
+    routing contract puts its agent there, and the decoding edge refuses it
+    otherwise), a file record by its agent's partition (``partitions``: the
+    runner's), a record that names no agent to the first (it touches no state).  Batches
+    are cut and clocked as `replay` cuts them, each shard decides its part of every
+    batch at the batch's clock, and the decisions are merged back in record order.
+
+    `on_line` gets each decision as its ``--output`` JSON line (`decision_line`),
+    cheap to hand between processes; `on_decision` gets the `Decision` itself (it
+    costs a pickle each way).
+    """
+    import multiprocessing
+
+    workers = max(1, workers or os.cpu_count() or 1)
+    report = ReplayReport()
+    t0 = time.perf_counter()
+    recorded = recorded or {}
+    mode = "decisions" if on_decision is not None else \
+        "lines" if on_line is not None or recorded else "counts"
+    ctx = multiprocessing.get_context("spawn")
+    inboxes = [ctx.Queue() for _ in range(workers)]
+    outboxes = [ctx.Queue() for _ in range(workers)]
+    procs = [ctx.Process(target=_shard_main, name=f"holdgate-replay-{i}", daemon=True,
+                         args=(make_runner, mode, live_max, inboxes[i], outboxes[i]))
+             for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    sizes: deque[int] = deque()
+    try:
+        # each built its runner (or failed saying why) and says whether it has signals
+        if not all([_receive(procs, outboxes, i) for i in range(workers)]):
+            batch_max = chunk_size              # as `replay` does, see LiveStates
+        base = 0
+        for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
+            parts: list[list[tuple[Any, ...]]] = [[] for _ in range(workers)]
+            for n, r in enumerate(batch, base):
+                parts[_shard_of(r, partitions, workers)].append(
+                    (n, r.key, r.value, r.partition, r.offset, r.topic, r.timestamp,
+                     r.decided_at, r.headers))
+            for inbox, part in zip(inboxes, parts):
+                inbox.put((at, part))
+            base += len(batch)
+            sizes.append(len(batch))
+            if len(sizes) > _AHEAD:
+                _merge(procs, outboxes, sizes.popleft(), report, recorded, mode, on_line,
+                       on_decision, on_progress)
+        while sizes:
+            _merge(procs, outboxes, sizes.popleft(), report, recorded, mode, on_line,
+                   on_decision, on_progress)
+        for inbox in inboxes:
+            inbox.put(None)
+        for proc in procs:
+            proc.join(timeout=10)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for q in (*inboxes, *outboxes):
+            q.close()
+            q.cancel_join_thread()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def runner_for(settings: Any, worker_id: str = "replay") -> Runner:
+    """A fresh replay runner for `settings` over memory (``functools.partial(runner_for,
+    settings)`` is a `make_runner` for `replay_sharded`)."""
+    from holdgate.stream.state import MemoryStore
+    from holdgate.stream.worker import build_runner
+
+    runner = build_runner(settings, MemoryStore(), worker_id=worker_id)
+    runner.sealing = False
+    return runner
+
+
+def _shard_of(record: RawRecord, partitions: int, workers: int) -> int:
+    if record.offset is not None:
+        return record.partition % workers
+    try:
+        agent = orjson.loads(record.value or b"").get("agent_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    return partition_for(agent, partitions) % workers if isinstance(agent, str) else 0
+
+
+def _receive(procs: list[Any], outboxes: list[Any], i: int) -> Any:
+    """The next message of worker `i`; raises if it failed or died."""
+    while True:
+        try:
+            kind, body = outboxes[i].get(timeout=1.0)
+        except queue.Empty:
+            if not procs[i].is_alive():
+                raise RuntimeError(f"replay worker {i} died (exit code "
+                                   f"{procs[i].exitcode})") from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"replay worker {i} failed:\n{body}")
+        return body
+
+
+def _merge(procs: list[Any], outboxes: list[Any], size: int, report: ReplayReport,
+           recorded: Mapping[str, Mapping[str, Any]], mode: str,
+           on_line: Callable[[bytes], None] | None,
+           on_decision: Callable[[Decision], None] | None,
+           on_progress: Callable[[int], None] | None) -> None:
+    """Fold one batch's results from every worker into `report`, in record order."""
+    results = [_receive(procs, outboxes, i) for i in range(len(procs))]
+    report.records += size
+    for decisions, allowed, deadletters, _ in results:
+        report.decisions += decisions
+        report.allowed += allowed
+        report.denied += decisions - allowed
+        report.deadletters += deadletters
+    if mode != "counts":
+        for _, item in heapq.merge(*(r[3] for r in results), key=lambda x: x[0]):
+            if mode == "decisions":
+                if on_decision is not None:
+                    on_decision(item)
+                if recorded:
+                    _compare(item, recorded.get(item.request_id), report)
+                continue
+            if on_line is not None:
+                on_line(item)
+            if recorded:
+                line = orjson.loads(item)
+                verdict = recorded.get(line["request_id"])
+                if verdict is None:
+                    report.unrecorded += 1
+                else:
+                    _compare_to(verdict, report, line["request_id"], line["agent_id"],
+                                line["decision"], tuple(line["codes"]), line["signals"],
+                                line["policy_version"], line["model_version"])
+    if on_progress is not None:
+        on_progress(size)
+
+
+def _shard_main(make_runner: Callable[[], Runner], mode: str, live_max: int,
+                inbox: Any, outbox: Any) -> None:
+    """A worker process: decide its share of every batch, hand back counts and decisions."""
+    try:
+        runner = make_runner()
+        runner.sealing = False
+        runner.track_sources = True
+        signals = runner.snapshot.signals is not None
+        if signals:                                 # as `replay` does, see LiveStates
+            runner.state_view = LiveStates(runner.store, runner.partition_of, limit=live_max)
+        settle()                                # a process of its own: as the worker does
+        t0, t1, t2 = gc.get_threshold()         # and as `replay` does
+        gc.set_threshold(max(t0, GC_YOUNG), t1, t2)
+        outbox.put(("ready", signals))
+        while True:
+            message = inbox.get()
+            if message is None:
+                break
+            at, rows = message
+            if not rows:
+                outbox.put(("ok", (0, 0, 0, [])))
+                continue
+            batch = [RawRecord(key=k, value=v, partition=p, offset=o, topic=t, timestamp=ts,
+                               decided_at=d, headers=h) for _, k, v, p, o, t, ts, d, h in rows]
+            index = {id(r): row[0] for r, row in zip(batch, rows)}
+            out = runner.run(batch, decided_at=at)
+            runner.apply(out.writes)
+            allowed = sum(1 for d in out.decisions if d.allowed)
+            items: list[tuple[int, Any]] = []
+            if mode == "lines":
+                items = [(index[id(r)], orjson.dumps(decision_line(d)))
+                         for d, r in zip(out.decisions, out.sources, strict=True)]
+            elif mode == "decisions":
+                items = [(index[id(r)], d) for d, r in zip(out.decisions, out.sources,
+                                                            strict=True)]
+            outbox.put(("ok", (len(out.decisions), allowed, len(out.deadletters), items)))
+    except BaseException:  # noqa: BLE001 - the reader must learn why, not wait forever
+        outbox.put(("error", traceback.format_exc()))

@@ -50,6 +50,7 @@ class BatchOutput:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # every consumed topic
     allowed: int = 0
     denied: int = 0
+    sources: list[RawRecord] = field(default_factory=list)  # track_sources: each decision's
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Runner:
     #: How a batch sees agent states; None: a `BatchStates` over `store` (decoded per batch,
     #: encoded back as ``writes``).  Only replays set one (`holdgate.stream.replay`).
     state_view: Callable[[StateStore, Callable[[str], int]], BatchStates] | None = None
+    track_sources: bool = False  # BatchOutput.sources[i] is the record of decisions[i] (replay)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("decode", "decide", "seal", "actions"), 0.0))
 
@@ -173,6 +175,8 @@ class Runner:
     def _emit(self, decision: Decision, raw: RawRecord, decided_at: float,
               out: BatchOutput, seq: int | None = None) -> None:
         out.decisions.append(decision)
+        if self.track_sources:
+            out.sources.append(raw)
         if self.sealing:
             at = raw.decided_at if raw.decided_at is not None else decided_at
             out.verdicts.append(seal(decision, decided_at=at, ttl=self.verdict_ttl,

@@ -4,7 +4,8 @@ The reference below is the worker's per-batch sequence, as replay ran it before
 it had shortcuts: chunks of 512 records, each decided at its latest broker time,
 agent states decoded and encoded on every batch (`BatchStates`), verdicts sealed.
 `replay` keeps states decoded between batches (`LiveStates`), runs larger batches
-and seals nothing.  It must give the same decisions in the same order, over a history
+and seals nothing; sharded, it splits the history by agent/partition over worker
+processes.  Each must give the same decisions in the same order, over a history
 built to reach every path that keeps something between actions: bursts and
 fan-out (the signals and a fitted model), duplicates near and far (the request ids
 an agent remembers), an agent idle for more than a day (its state reset),
@@ -14,6 +15,7 @@ a key, deadlines passed at the broker and recorded decision times.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import random
 import uuid
@@ -29,7 +31,8 @@ from holdgate.policies import PolicyBundle, default_bundle_path
 from holdgate.routing import partition_for
 from holdgate.settings import Settings
 from holdgate.stream import MemoryStore, RawRecord, Runner
-from holdgate.stream.replay import LiveStates, _with_recorded_time, replay
+from holdgate.stream.replay import (LiveStates, _with_recorded_time, decision_line, replay,
+                                    replay_sharded, runner_for)
 from holdgate.stream.worker import build_runner
 
 PARTS = 3
@@ -291,4 +294,66 @@ def test_live_states_evict_encoded_and_read_back() -> None:
     assert view.get("x") is None and view.corrupt == {"x"}
     view.flush()
     assert not view.live and set(store.data[0]) == {"a", "b", "c", "d", "x"}
+
+
+# -- sharded over processes ---------------------------------------------------------------
+
+def _line_list(decisions: list[Any]) -> list[bytes]:
+    return [orjson.dumps(decision_line(d)) for d in decisions]
+
+
+@pytest.mark.parametrize("source", ["file", "topic"])
+def test_sharded_replay_gives_the_single_process_decisions(lines: list[bytes], model_dir: Path,
+                                                           source: str) -> None:
+    settings = _settings(model_dir)
+    if source == "file":
+        records, recorded = _file_records(lines), None
+    else:
+        records, recorded = _topic_records(lines)
+    want = _reference(records, _runner(settings), recorded)
+    single = replay(records, _runner(settings), recorded=recorded)
+    got: list[bytes] = []
+    report = replay_sharded(iter(records), functools.partial(runner_for, settings),
+                            partitions=PARTS, workers=2, recorded=recorded,
+                            on_line=got.append, batch_max=700)
+    assert got == _line_list(want)
+    for field in ("records", "decisions", "allowed", "denied", "deadletters", "compared",
+                  "same", "warmup", "unrecorded"):
+        assert getattr(report, field) == getattr(single, field), field
+    assert [m.request_id for m in report.mismatches] == \
+        [m.request_id for m in single.mismatches]
+
+
+def test_sharded_replay_hands_back_whole_decisions_when_asked(lines: list[bytes]) -> None:
+    settings = _settings(None)
+    records = _file_records(lines[:3000])
+    want = _reference(records, _runner(settings))
+    got: list[Any] = []
+    replay_sharded(records, functools.partial(runner_for, settings), partitions=PARTS,
+                   workers=3, on_decision=got.append)
+    assert got == want
+
+
+def test_sharded_replay_without_signals_batches_as_before(lines: list[bytes]) -> None:
+    settings = _settings(None)
+    records = _file_records(lines)
+    want = _reference(records, _runner(settings, signals=False))
+    got: list[Any] = []
+    replay_sharded(records, functools.partial(_runner_without_signals, settings),
+                   partitions=PARTS, workers=2, on_line=got.append)
+    assert got == _line_list(want)
+
+
+def _runner_without_signals(settings: Settings) -> Runner:
+    return _runner(settings, signals=False)
+
+
+def test_a_failing_shard_fails_the_replay(lines: list[bytes]) -> None:
+    with pytest.raises(RuntimeError, match="replay worker"):
+        replay_sharded(_file_records(lines[:50]), functools.partial(_broken_runner),
+                       partitions=PARTS, workers=2)
+
+
+def _broken_runner() -> Runner:
+    raise ValueError("no bundle here")
 
