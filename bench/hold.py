@@ -7,6 +7,9 @@ the same SDK drives them:
 The floor is a bare aiokafka consume -> produce echo (bench/echo_bare.py); a
 Faust echo (bench/echo_faust.py) is the second line.  holdgate's ratios against
 the bare floor are what its decision, state and exactly-once commits cost.
+Against the bare echo only, a raw aiokafka client (a producer and a consumer,
+no SDK) makes the same round trips with 1 and with C in flight: the difference
+to the SDK's closed loop is what the SDK itself adds.
 """
 from __future__ import annotations
 
@@ -15,10 +18,15 @@ import threading
 import time
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from common import bench_settings, fleet_bundle, summary_ms, worker
 
 from holdgate.client import AsyncGate, Gate, partition_for
 from holdgate.cli.fleet import wait_for_gate
+from holdgate.events import ActionRequest, encode
+from holdgate.kafka_options import aiokafka_options
 
 
 def _resource(i: int) -> dict[str, Any]:
@@ -108,6 +116,67 @@ async def _open_window(settings: Any, agents: list[str], seconds: float,
             "samples_ms": [x * 1000 for x in lat]}
 
 
+async def raw_round_trip(settings: Any, agents: list[str], seconds: float,
+                         in_flight: int) -> dict[str, Any]:
+    """Closed loops of a bare aiokafka producer + consumer: the SDK's floor.
+
+    The same request bytes and keys the SDK publishes (acks=all, idempotent,
+    no linger), answers read by a consumer assigned every verdict partition;
+    nothing is verified or fenced.
+    """
+    s = settings
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks="all",
+                                enable_idempotence=True, **aiokafka_options(s))
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None,
+                                fetch_max_wait_ms=100, isolation_level="read_committed",
+                                **aiokafka_options(s))
+    await producer.start()
+    await consumer.start()
+    waiting: dict[str, asyncio.Future[float]] = {}
+    lat: list[float] = []
+    try:
+        tps = [TopicPartition(s.verdicts_topic, p) for p in range(s.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+
+        async def read() -> None:
+            while True:
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    for r in records:
+                        fut = waiting.pop(orjson.loads(r.value or b"{}").get("request_id"), None)
+                        if fut is not None and not fut.done():
+                            fut.set_result(time.perf_counter())
+
+        reader = asyncio.ensure_future(read())
+
+        async def lane(k: int, until: float, keep: bool) -> None:
+            i = k
+            while time.monotonic() < until:
+                agent = agents[i % len(agents)]
+                req = ActionRequest.create(agent_id=agent, action="tickets.read",
+                                           resource=_resource(i))
+                fut = waiting[req.request_id] = asyncio.get_running_loop().create_future()
+                t0 = time.perf_counter()
+                await producer.send(s.actions_topic, encode(req), key=agent.encode(),
+                                    partition=partition_for(agent, s.partitions))
+                t1 = await asyncio.wait_for(fut, 10)
+                if keep:
+                    lat.append(t1 - t0)
+                i += in_flight
+
+        await asyncio.gather(*(lane(k, time.monotonic() + 2.0, False)   # warm-up
+                               for k in range(in_flight)))
+        await asyncio.gather(*(lane(k, time.monotonic() + seconds, True)
+                               for k in range(in_flight)))
+        reader.cancel()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return {**summary_ms(lat), "in_flight": in_flight}
+
+
 def run(bootstrap: str, *, agents: int, seconds: float, window: int,
         n_fleet: int, with_faust: bool = True) -> dict[str, Any]:
     bundle, fleet = fleet_bundle(n_fleet)
@@ -125,7 +194,11 @@ def run(bootstrap: str, *, agents: int, seconds: float, window: int,
             latency = closed_loop(settings, fleet, seconds, agents)
             print(f"[{name}] open window: {window} in flight x {seconds:.0f}s ...", flush=True)
             tput = asyncio.run(_open_window(settings, fleet, seconds, window))
-        out[name] = {"latency": latency, "throughput": tput}
+            out[name] = {"latency": latency, "throughput": tput}
+            if echo == "bare":
+                print(f"[raw client] 1 and {agents} in flight x {seconds:.0f}s ...", flush=True)
+                out["raw"] = {str(n): asyncio.run(raw_round_trip(settings, fleet, seconds, n))
+                              for n in (1, agents)}
     return out
 
 
@@ -155,4 +228,13 @@ def report(res: dict[str, Any]) -> str:
             line += f"{h / f if f else float('nan'):>8.2f}x"
         lines.append(line)
     lines.append(f"holdgate verdict codes (window): {res['holdgate']['throughput']['codes']}")
+    if "raw" in res:
+        n = str(c["agents"])
+        one, many = res["raw"]["1"], res["raw"][n]
+        sdk = res["bare"]["latency"]
+        lines.append(f"raw aiokafka client vs the bare echo: p50/p99 {one['p50_ms']:.1f}/"
+                     f"{one['p99_ms']:.1f} ms with 1 in flight, {many['p50_ms']:.1f}/"
+                     f"{many['p99_ms']:.1f} ms with {n}; the sync Gate's {n} closed loops: "
+                     f"{sdk['p50_ms']:.1f}/{sdk['p99_ms']:.1f} ms (SDK adds "
+                     f"{sdk['p50_ms'] - many['p50_ms']:+.1f} ms at p50)")
     return "\n".join(lines)

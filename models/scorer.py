@@ -22,10 +22,11 @@ lasting regime change is still absorbed, just slowly (tens of minutes for a
 10 actions/s agent with the defaults).  Until ``warmup_n`` observations the score
 is 0: no baseline, no opinion (the rate and repetition signals still apply).
 
-The parameters are one ``array('d')`` of ``1 + 2 * F`` floats that lives inside
-`AgentState`, so it goes through the changelog with the rest of the agent.
-The stream uses the fused `score_and_learn` (one pass, pure Python: learning
-needs the row's own z, so scoring rows later in numpy would compute it twice);
+The parameters are ``1 + 2 * F`` floats that live inside `AgentState` (a list
+there), so they go through the changelog with the rest of the agent.  The
+stream uses the fused `score_and_learn` (one pass, pure Python: learning needs
+the row's own z, so scoring rows later in numpy would compute it twice), in its
+unrolled form `score_and_learn4`;
 `score_many` is the numpy path for fitted models and offline evaluation.
 """
 from __future__ import annotations
@@ -42,13 +43,16 @@ from holdgate.errors import ConfigError
 
 __all__ = [
     "FEATURE_NAMES", "PARAMS_LEN", "BaselineConfig", "Scorer", "OnlineBaseline",
-    "score_and_learn", "score_rows", "new_params",
+    "score_and_learn", "score_and_learn4", "learn_knobs", "score_rows", "new_params",
+    "params_ok",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = ("rate_1s", "rate_60s", "fanout_60s", "repeat_10s")
 _F = len(FEATURE_NAMES)
 PARAMS_LEN = 1 + 2 * _F  # [n, mean_0..mean_F-1, spread_0..spread_F-1]
 _N_MAX = float(2**53)
+#: log1p of small counts, computed once (the same floats math.log1p gives)
+_LOG1P = [0.0] + [log1p(c) for c in range(1, 4096)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,21 @@ _DEFAULT = BaselineConfig()
 def new_params() -> array:
     """Parameters of an agent that has not been observed yet."""
     return array("d", bytes(8 * PARAMS_LEN))
+
+
+def params_ok(p: Sequence[float]) -> bool:
+    """Whether `p` can be a baseline's parameters: a count in 0..2**53, means and
+    spreads in 0..64 (they are averages of log1p of counts that stay far below
+    e**64, and of distances between such values).
+
+    Checked when a stored state is read, so that a damaged one fails there (and
+    the stream holds its partition) rather than scoring failing, or answering
+    NaN, on its next action."""
+    total = sum(p)
+    if total - total != 0.0:                        # NaN or infinity somewhere
+        return False
+    rest = p[1:]
+    return 0.0 <= p[0] <= _N_MAX and min(rest) >= 0.0 and max(rest) <= 64.0
 
 
 def score_and_learn(p: array, counts: Sequence[float], cfg: BaselineConfig = _DEFAULT,
@@ -131,6 +150,96 @@ def score_and_learn(p: array, counts: Sequence[float], cfg: BaselineConfig = _DE
             p[1 + _F + f] = s + alpha * (abs(x - m) - s)
         p[0] = n + 1.0 if n < _N_MAX else n
     return score
+
+
+def learn_knobs(cfg: BaselineConfig) -> tuple[float, ...]:
+    """`cfg` as `score_and_learn4` takes it, computed once per signal computer."""
+    return (cfg.spread_floor, cfg.spread_k, float(cfg.warmup_n), cfg.z_free,
+            cfg.z_scale * cfg.z_scale, float(cfg.memory), cfg.gate_factor, cfg.clip)
+
+
+def score_and_learn4(p: list[float], c0: int, c1: int, c2: int, c3: int,
+                     knobs: tuple[float, ...]) -> int:
+    """`score_and_learn` of four integer counts (FEATURE_NAMES order), truncated to
+    an int, with `learn_knobs` of its config: unrolled for the signal computer's hot
+    path, with the same float operations in the same order, so the same bits (the
+    differential tests hold it to that; change both or neither)."""
+    n = p[0]
+    v0 = _LOG1P[c0] if c0 < 4096 else log1p(c0)
+    v1 = _LOG1P[c1] if c1 < 4096 else log1p(c1)
+    v2 = _LOG1P[c2] if c2 < 4096 else log1p(c2)
+    v3 = _LOG1P[c3] if c3 < 4096 else log1p(c3)
+    if n == 0.0:
+        p[1], p[2], p[3], p[4], p[0] = v0, v1, v2, v3, 1.0
+        return 0
+    floor, k, warmup, z_free, zs2, memory, gate, clip = knobs
+    s = p[5]
+    sc0 = k * (s if s > floor else floor)
+    s = p[6]
+    sc1 = k * (s if s > floor else floor)
+    s = p[7]
+    sc2 = k * (s if s > floor else floor)
+    s = p[8]
+    sc3 = k * (s if s > floor else floor)
+    m0, m1, m2, m3 = p[1], p[2], p[3], p[4]
+    zmax = 0.0
+    z = (v0 - m0) / sc0
+    if z > zmax:
+        zmax = z
+    z = (v1 - m1) / sc1
+    if z > zmax:
+        zmax = z
+    z = (v2 - m2) / sc2
+    if z > zmax:
+        zmax = z
+    z = (v3 - m3) / sc3
+    if z > zmax:
+        zmax = z
+    warm = n >= warmup
+    score = 0.0
+    if warm:
+        u = zmax - z_free
+        if u > 0.0:
+            uu = u * u
+            score = 1000.0 * uu / (uu + zs2)
+    alpha = 1.0 / (n + 1.0) if n < memory else 1.0 / memory
+    if warm:
+        if zmax > z_free:
+            alpha *= gate
+        lim = clip * sc0
+        if v0 > m0 + lim:
+            v0 = m0 + lim
+        elif v0 < m0 - lim:
+            v0 = m0 - lim
+        lim = clip * sc1
+        if v1 > m1 + lim:
+            v1 = m1 + lim
+        elif v1 < m1 - lim:
+            v1 = m1 - lim
+        lim = clip * sc2
+        if v2 > m2 + lim:
+            v2 = m2 + lim
+        elif v2 < m2 - lim:
+            v2 = m2 - lim
+        lim = clip * sc3
+        if v3 > m3 + lim:
+            v3 = m3 + lim
+        elif v3 < m3 - lim:
+            v3 = m3 - lim
+    p[1] = m0 + alpha * (v0 - m0)
+    s = p[5]
+    p[5] = s + alpha * (abs(v0 - m0) - s)
+    p[2] = m1 + alpha * (v1 - m1)
+    s = p[6]
+    p[6] = s + alpha * (abs(v1 - m1) - s)
+    p[3] = m2 + alpha * (v2 - m2)
+    s = p[7]
+    p[7] = s + alpha * (abs(v2 - m2) - s)
+    p[4] = m3 + alpha * (v3 - m3)
+    s = p[8]
+    p[8] = s + alpha * (abs(v3 - m3) - s)
+    p[0] = n + 1.0 if n < 9007199254740992.0 else n
+    return int(score)
 
 
 def score_rows(X: np.ndarray, P: np.ndarray, cfg: BaselineConfig = _DEFAULT) -> np.ndarray:

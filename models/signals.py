@@ -32,6 +32,14 @@ an hour by its own denied attempts.
 Caps (LRU by event time): per-action windows for ``max_actions`` actions, repeat
 windows for ``max_fingerprints`` fingerprints; a forgotten action/fingerprint
 restarts its counts at 1 (the agent-level ``rate_*`` are unaffected).
+
+The hot path: `WindowSet`, `KeyedWindows` and `DistinctWindow` define the
+semantics (and are what the tests of the windows exercise); `_observe` runs the
+same arithmetic unrolled over the fixed geometry (`holdgate.models.counters`)
+and the online baseline unrolled (`score_and_learn4`), on the plain lists of a
+decoded `AgentState`, with every digest of a name cached; a fitted forest is
+asked only about rows it has not scored an equivalent of (`AnomalyMemo`).  The
+frozen reference in ``tests/models/reference_signals.py`` holds it to that.
 """
 from __future__ import annotations
 
@@ -45,23 +53,32 @@ import orjson
 from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest
 from holdgate.signals import SIGNAL_NAMES, ZERO_SIGNALS
-from holdgate.models.features import feature_matrix
-from holdgate.models.profile import DEFAULT_ACTION_LIMIT, DEFAULT_LIMITS, block_of, pct
-from holdgate.models.scorer import BaselineConfig, score_and_learn
+from holdgate.models.counters import allow_action, fan_touch, tick, touch_action, \
+    touch_fingerprint
+from holdgate.models.features import AnomalyMemo, feature_matrix
+from holdgate.models.profile import (
+    BLOCK_SECONDS, BLOCKS, DEFAULT_ACTION_LIMIT, DEFAULT_LIMITS, block_of, pct,
+)
+from holdgate.models.scorer import BaselineConfig, learn_knobs, score_and_learn4
 from holdgate.models.sketch import NOVELTY_BLOOM
 from holdgate.models.state import (
-    ACTIONS, FANOUT, FANOUT_10M, FANOUT_10M_CAP, FINGERPRINTS, HARD_MAX_FANOUT, HARD_MAX_KEYED, RATES, AgentState,
-    serialized_bound,
+    FANOUT_10M_CAP, HARD_MAX_FANOUT, HARD_MAX_KEYED, AgentState, serialized_bound,
 )
 
 __all__ = ["SIGNAL_NAMES", "ZERO_SIGNALS", "SignalConfig", "SignalComputer", "fingerprint"]
 
 _I_ANOMALY = SIGNAL_NAMES.index("anomaly")
-_COUNT_ALL = (1, 1, 0)        # 1 s and 60 s windows: every attempt; 1 h: allowed only
-_COUNT_ALLOWED = (0, 0, 1)
-_STREAK_MAX = 0xFFFFFFFF
 _CACHE_MAX = 4096
 _OPT = orjson.OPT_SORT_KEYS
+_PERSON_RES = b"hg.res"
+_LACT = DEFAULT_ACTION_LIMIT
+
+assert SIGNAL_NAMES == (
+    "rate_1s", "rate_60s", "rate_1h", "action_rate_1s", "action_rate_60s", "action_rate_1h",
+    "repeat_10s", "streak", "fanout_60s", "new_action", "new_resource_type",
+    "deny_ratio_pct", "anomaly", "rate_1s_pct", "rate_60s_pct", "rate_1h_pct",
+    "action_rate_1s_pct", "fanout_pct", "unusual_action", "unusual_resource_type",
+    "off_hours", "fanout_10m", "fanout_10m_pct"), "signals.py builds rows in this order"
 
 
 def fingerprint(request: ActionRequest) -> bytes:
@@ -105,12 +122,13 @@ class SignalConfig:
 class SignalComputer:
     """Turns each action into its integer signals, updating the agent's state.
 
-    Stateless apart from digest caches (pure functions of their keys), so any
-    number of computers over the same event sequence give identical signals.
-    ``model`` is an optional fitted `BaselineModel`: its profiles turn counters
-    into signals relative to each agent's normal, and its forest scores the
-    whole micro-batch at once (vectorized).  ``roles`` maps agent ids to their
-    role (from the policy bundle's entity store), the prior for thin history.
+    Stateless apart from caches (pure functions of their keys), so any number of
+    computers over the same event sequence give identical signals.  ``model`` is
+    an optional fitted `BaselineModel`: its profiles turn counters into signals
+    relative to each agent's normal, and its forest scores the whole micro-batch
+    at once (vectorized, and memoized exactly: `AnomalyMemo`).  ``roles`` maps
+    agent ids to their role (from the policy bundle's entity store), the prior
+    for thin history.
     """
 
     def __init__(self, *, config: SignalConfig | None = None, model: Any = None,
@@ -120,6 +138,10 @@ class SignalComputer:
         self.roles = dict(roles or {})
         self._actions: dict[str, tuple[bytes, int]] = {}
         self._types: dict[str, int] = {}
+        self._res: dict[tuple[str, str], bytes] = {}
+        self._limits: dict[tuple[str, int, str, str], tuple[int, ...]] = {}
+        self._memo = AnomalyMemo.for_model(model) if model is not None else None
+        self._base = learn_knobs(self.config.baseline)
 
     @property
     def model_version(self) -> str:
@@ -148,43 +170,59 @@ class SignalComputer:
             hit = self._types[rtype] = NOVELTY_BLOOM.mask(key)
         return hit
 
+    def _res_key(self, rtype: str, rid: str) -> bytes:
+        if len(self._res) >= 4 * _CACHE_MAX:
+            self._res.clear()
+        key = self._res[(rtype, rid)] = blake2b(f"{rtype}\x00{rid}".encode(), digest_size=4,
+                                                person=_PERSON_RES).digest()
+        return key
+
     # -- the hot path ---------------------------------------------------------
 
-    def _observe(self, st: AgentState, req: ActionRequest) -> list[int]:
+    def _observe(self, st: AgentState, req: ActionRequest) -> dict[str, int]:
         cfg = self.config
         t = req.occurred_at
-        prev_ms = int(st.clock * 1000.0)
-        if t > st.clock:
-            st.clock = t
-        now_ms = int(st.clock * 1000.0)
+        clock = st.clock
+        prev = int(clock * 1000.0)
+        if t > clock:
+            st.clock = clock = t
+        now = int(clock * 1000.0)
 
-        rate_1s, rate_60s, rate_1h = RATES.observe(st.rates, 0, prev_ms, now_ms, _COUNT_ALL)
+        rate_1s, rate_60s, rate_1h = tick(st.rates, prev, now)
         rate_1h += 1                 # allowed ones so far, and this attempt
 
-        akey, amask = self._action_key(req.action)
-        (a1, a60, a3600), _ = ACTIONS.observe(
-            st.act_keys, st.act_last, st.act_rings, akey, now_ms, cfg.max_actions, _COUNT_ALL)
+        action = req.action
+        hit = self._actions.get(action)
+        akey, amask = hit if hit is not None else self._action_key(action)
+        a1, a60, a3600 = touch_action(st, akey, now, cfg.max_actions)
         a3600 += 1
 
-        fp = fingerprint(req)
-        (repeat,), _ = FINGERPRINTS.observe(
-            st.fp_keys, st.fp_last, st.fp_rings, fp, now_ms, cfg.max_fingerprints)
+        res = req.resource
+        canon = orjson.dumps((action, res.type, res.id, req.context), option=_OPT)
+        fp = blake2b(canon, digest_size=8).digest()
+        repeat = touch_fingerprint(st, fp, now, cfg.max_fingerprints)
         if fp == st.last_fp and st.streak:
-            if st.streak < _STREAK_MAX:
+            if st.streak < 0xFFFFFFFF:
                 st.streak += 1
         else:
             st.last_fp = fp
             st.streak = 1
+        streak = st.streak
 
-        res = req.resource
-        rkey = blake2b(f"{res.type}\x00{res.id}".encode(), digest_size=4,
-                       person=b"hg.res").digest()
-        fanout = FANOUT.touch(st.fan_keys, st.fan_buckets, rkey, now_ms, cfg.max_fanout)
-        fan10 = FANOUT_10M.touch(st.fan10_keys, st.fan10_buckets, rkey, now_ms, FANOUT_10M_CAP)
+        rtype = res.type
+        rkey = self._res.get((rtype, res.id)) or self._res_key(rtype, res.id)
+        fanout = fan_touch(st.fan_keys, st.fan_rel, st.fan_origin, rkey, now // 5_000,
+                           cfg.max_fanout)
+        if isinstance(fanout, tuple):
+            fanout, st.fan_origin, st.fan_rel = fanout
+        fan10 = fan_touch(st.fan10_keys, st.fan10_rel, st.fan10_origin, rkey, now // 50_000,
+                          FANOUT_10M_CAP)
+        if isinstance(fan10, tuple):
+            fan10, st.fan10_origin, st.fan10_rel = fan10
 
         bloom = st.bloom
         new_action = 0 if bloom & amask == amask else 1
-        tmask = self._type_mask(res.type)
+        tmask = self._types.get(rtype) or self._type_mask(rtype)
         new_type = 0 if bloom & tmask == tmask else 1
         if new_action or new_type:
             st.bloom = bloom | amask | tmask
@@ -193,14 +231,59 @@ class SignalComputer:
         dn = st.deny_n
         deny_pct = (100 * st.deny_mask.bit_count() + dn // 2) // dn if dn else 0
 
-        anomaly = 0
-        if self.model is None:
-            anomaly = int(score_and_learn(st.baseline, (rate_1s, rate_60s, fanout, repeat),
-                                          cfg.baseline))
-        row = [rate_1s, rate_60s, rate_1h, a1, a60, a3600, repeat, st.streak, fanout,
-               new_action, new_type, deny_pct, anomaly]
-        row += self._relative(req, st.clock, rate_1s, rate_60s, rate_1h, a1, fanout, fan10)
-        return row
+        model = self.model
+        if model is None:
+            anomaly = score_and_learn4(st.baseline, rate_1s, rate_60s, fanout, repeat,
+                                       self._base)
+            l1, l60, l3600, lfan, lfan10 = DEFAULT_LIMITS
+            return {
+                "rate_1s": rate_1s, "rate_60s": rate_60s, "rate_1h": rate_1h,
+                "action_rate_1s": a1, "action_rate_60s": a60, "action_rate_1h": a3600,
+                "repeat_10s": repeat, "streak": streak, "fanout_60s": fanout,
+                "new_action": new_action, "new_resource_type": new_type,
+                "deny_ratio_pct": deny_pct, "anomaly": anomaly,
+                "rate_1s_pct": (100 * rate_1s + l1 - 1) // l1 if l1 > 0 else 0,
+                "rate_60s_pct": (100 * rate_60s + l60 - 1) // l60 if l60 > 0 else 0,
+                "rate_1h_pct": (100 * rate_1h + l3600 - 1) // l3600 if l3600 > 0 else 0,
+                "action_rate_1s_pct": (100 * a1 + _LACT - 1) // _LACT if _LACT > 0 else 0,
+                "fanout_pct": (100 * fanout + lfan - 1) // lfan if lfan > 0 else 0,
+                "unusual_action": 0, "unusual_resource_type": 0, "off_hours": 0,
+                "fanout_10m": fan10,
+                "fanout_10m_pct": (100 * fan10 + lfan10 - 1) // lfan10 if lfan10 > 0 else 0,
+            }
+        aid = req.agent_id
+        block = int(clock // BLOCK_SECONDS) % BLOCKS
+        lim = self._limits.get((aid, block, action, rtype)) or \
+            self._profile(aid, block, action, rtype)
+        l1, l60, l3600, lact, lfan, lfan10, unusual_action, unusual_type, off = lim
+        return {
+            "rate_1s": rate_1s, "rate_60s": rate_60s, "rate_1h": rate_1h,
+            "action_rate_1s": a1, "action_rate_60s": a60, "action_rate_1h": a3600,
+            "repeat_10s": repeat, "streak": streak, "fanout_60s": fanout,
+            "new_action": new_action, "new_resource_type": new_type,
+            "deny_ratio_pct": deny_pct, "anomaly": 0,
+            "rate_1s_pct": (100 * rate_1s + l1 - 1) // l1 if l1 > 0 else 0,
+            "rate_60s_pct": (100 * rate_60s + l60 - 1) // l60 if l60 > 0 else 0,
+            "rate_1h_pct": (100 * rate_1h + l3600 - 1) // l3600 if l3600 > 0 else 0,
+            "action_rate_1s_pct": (100 * a1 + lact - 1) // lact if lact > 0 else 0,
+            "fanout_pct": (100 * fanout + lfan - 1) // lfan if lfan > 0 else 0,
+            "unusual_action": unusual_action, "unusual_resource_type": unusual_type,
+            "off_hours": off, "fanout_10m": fan10,
+            "fanout_10m_pct": (100 * fan10 + lfan10 - 1) // lfan10 if lfan10 > 0 else 0,
+        }
+
+    def _profile(self, agent: str, block: int, action: str, rtype: str) -> tuple[int, ...]:
+        """The fitted profile's view of (agent, 3-hour block, action, type), cached."""
+        profiles = self.model.profiles
+        role = self.roles.get(agent)
+        l1, l60, l3600, lfan, lfan10 = profiles.limits(agent, role, block)
+        unusual_action, unusual_type = profiles.unusual(agent, role, action, rtype)
+        out = (l1, l60, l3600, profiles.action_limit(agent, role, action), lfan, lfan10,
+               unusual_action, unusual_type, profiles.off_hours(agent, role, block))
+        if len(self._limits) >= 16 * _CACHE_MAX:
+            self._limits.clear()
+        self._limits[(agent, block, action, rtype)] = out
+        return out
 
     def _relative(self, req: ActionRequest, t: float, rate_1s: int, rate_60s: int,
                   rate_1h: int, a1: int, fanout: int, fan10: int) -> list[int]:
@@ -221,6 +304,17 @@ class SignalComputer:
                 unusual_action, unusual_type, profiles.off_hours(agent, role, block),
                 fan10, pct(fan10, lfan10)]
 
+    def _score(self, rows: Sequence[Mapping[str, int]]) -> list[int]:
+        """The fitted model's anomaly for each signal row (one call for the misses)."""
+        if self._memo is not None:
+            return self._memo.score([
+                (r["rate_1s_pct"], r["rate_60s_pct"], r["rate_1h_pct"],
+                 r["action_rate_1s_pct"], r["fanout_pct"], r["fanout_10m_pct"],
+                 r["repeat_10s"], r["streak"], r["unusual_action"],
+                 r["unusual_resource_type"], r["off_hours"]) for r in rows])
+        full = np.array([list(r.values()) for r in rows], dtype=np.float64)
+        return self.model.anomaly(feature_matrix(full)).tolist()
+
     def observe_batch(self, states: MutableMapping[str, AgentState],
                       requests: Sequence[ActionRequest]) -> list[dict[str, int]]:
         """Signals for each request, in order; identical to one call per request.
@@ -230,7 +324,8 @@ class SignalComputer:
         assignment, not on in-place mutation).
         """
         touched: dict[str, AgentState] = {}
-        rows: list[list[int]] = []
+        out: list[dict[str, int]] = []
+        observe = self._observe
         for req in requests:
             aid = req.agent_id
             st = touched.get(aid)
@@ -239,15 +334,13 @@ class SignalComputer:
                 if st is None:
                     st = AgentState()
                 touched[aid] = st
-            rows.append(self._observe(st, req))
-        if self.model is not None and rows:
-            scores = self.model.anomaly(feature_matrix(np.array(rows, dtype=np.float64)))
-            for row, score in zip(rows, scores.tolist()):
-                row[_I_ANOMALY] = score
+            out.append(observe(st, req))
+        if self.model is not None and out:
+            for sig, score in zip(out, self._score(out)):
+                sig["anomaly"] = score
         for aid, st in touched.items():
             states[aid] = st
-        names = SIGNAL_NAMES
-        return [dict(zip(names, row)) for row in rows]
+        return out
 
     def rederive(self, signals: Sequence[Mapping[str, int]],
                  requests: Sequence[ActionRequest],
@@ -269,12 +362,12 @@ class SignalComputer:
                                   sig.get("rate_1h", 0), sig.get("action_rate_1s", 0),
                                   sig.get("fanout_60s", 0), sig.get("fanout_10m", 0))
             rows.append(row)
-        if self.model is not None and rows:
-            scores = self.model.anomaly(feature_matrix(np.array(rows, dtype=np.float64)))
-            for row, score in zip(rows, scores.tolist()):
-                row[_I_ANOMALY] = score
         names = SIGNAL_NAMES
-        return [dict(zip(names, row)) for row in rows]
+        out = [dict(zip(names, row)) for row in rows]
+        if self.model is not None and rows:
+            for sig, score in zip(out, self._score(out)):
+                sig["anomaly"] = score
+        return out
 
     def observe(self, states: MutableMapping[str, AgentState],
                 request: ActionRequest) -> dict[str, int]:
@@ -292,6 +385,7 @@ class SignalComputer:
         if len(requests) != len(denied):
             raise ValueError("requests and denied must have the same length")
         touched: dict[str, AgentState] = {}
+        cap = self.config.max_actions
         for req, d in zip(requests, denied):
             aid = req.agent_id
             st = touched.get(aid)
@@ -303,11 +397,9 @@ class SignalComputer:
             st.deny_mask = ((st.deny_mask << 1) | (1 if d else 0)) & 0xFFFFFFFF
             if st.deny_n < 32:
                 st.deny_n += 1
-            if not d:
-                now_ms = int(st.clock * 1000.0)
-                RATES.observe(st.rates, 0, now_ms, now_ms, _COUNT_ALLOWED)
-                ACTIONS.observe(st.act_keys, st.act_last, st.act_rings,
-                                self._action_key(req.action)[0], now_ms,
-                                self.config.max_actions, _COUNT_ALLOWED)
+            if d:
+                continue
+            hit = self._actions.get(req.action)
+            allow_action(st, hit[0] if hit is not None else self._action_key(req.action)[0], cap)
         for aid, st in touched.items():
             states[aid] = st

@@ -17,9 +17,13 @@ replay in another process sets exactly the same bits.
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 from dataclasses import dataclass
 
-__all__ = ["BloomGeometry", "NOVELTY_BLOOM"]
+from holdgate.errors import ModelError
+
+__all__ = ["BloomGeometry", "NOVELTY_BLOOM", "BLOOM_DENSE", "bloom_section", "bloom_from"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +76,81 @@ class BloomGeometry:
 
 
 NOVELTY_BLOOM = BloomGeometry(bits=2048, probes=4)
+
+
+# -- in a state blob (see holdgate.models.codec) --------------------------------------
+#
+# Why two forms: most agents use a handful of actions and resource types, so their
+# filter has a few dozen bits set: listed as uint16 indexes it is a fraction of the
+# 256-byte bitmap.  Both directions are cached: agents that do the same things
+# share the same filter, so most encodes and decodes are one dict lookup.
+
+#: `bloom_section` size meaning "the dense bitmap follows"
+BLOOM_DENSE = 0xFFFF
+_SWAP = sys.byteorder != "little"
+
+
+def _le(bits: list[int]) -> bytes:
+    a = array("H", bits)
+    if _SWAP:  # pragma: no cover - big-endian hosts only
+        a.byteswap()
+    return a.tobytes()
+
+
+def _bits(raw: bytes) -> array:
+    a = array("H")
+    a.frombytes(raw)
+    if _SWAP:  # pragma: no cover - big-endian hosts only
+        a.byteswap()
+    return a
+
+
+_ENC: dict[int, tuple[int, bytes]] = {}
+_DEC: dict[bytes, int] = {}
+
+
+def bloom_section(bloom: int) -> tuple[int, bytes]:
+    """(bloom_len, bytes): the set bits as uint16 while few, else the 256-byte bitmap.
+
+    Cached both ways: agents that do the same things share the same filter."""
+    hit = _ENC.get(bloom)
+    if hit is not None:
+        return hit
+    count = bloom.bit_count()
+    if 2 * count < NOVELTY_BLOOM.nbytes:
+        bits = []
+        b = bloom
+        while b:
+            low = b & -b
+            bits.append(low.bit_length() - 1)
+            b ^= low
+        out = (count, _le(bits))
+    else:
+        out = (BLOOM_DENSE, bloom.to_bytes(NOVELTY_BLOOM.nbytes, "little"))
+    if len(_ENC) >= 4096:
+        _ENC.clear()
+    _ENC[bloom] = out
+    return out
+
+
+def bloom_from(raw: bytes, size: int) -> int:
+    """The filter `bloom_section` wrote as (`size`, `raw`); `ModelError` if impossible."""
+    if len(raw) != (NOVELTY_BLOOM.nbytes if size == BLOOM_DENSE else 2 * size):
+        raise ModelError("agent state blob is truncated")
+    hit = _DEC.get(raw)
+    if hit is not None:
+        return hit
+    if size == BLOOM_DENSE:
+        bloom = int.from_bytes(raw, "little")
+    else:
+        bloom = 0
+        for bit in _bits(raw):
+            if bit >= NOVELTY_BLOOM.bits:
+                raise ModelError("agent state blob holds impossible values")
+            bloom |= 1 << bit
+        if bloom.bit_count() != size:
+            raise ModelError("agent state blob holds impossible values")
+    if len(_DEC) >= 4096:
+        _DEC.clear()
+    _DEC[raw] = bloom
+    return bloom

@@ -15,6 +15,7 @@ giving identical signals, clocks and duplicate detection.
 """
 from __future__ import annotations
 
+import os
 import random
 import struct
 import uuid
@@ -31,6 +32,9 @@ from holdgate.models.state import request_key
 
 T0 = 1_790_035_200.0
 DAY = 86_400.0
+#: random fleets run by `test_more_random_fleets`; raise it for a long run, e.g.
+#: HOLDGATE_REFERENCE_SEEDS=2000 pytest tests/models/test_signals_reference.py -k more
+EXTRA_SEEDS = int(os.environ.get("HOLDGATE_REFERENCE_SEEDS", "6"))
 
 
 # -- event generators ----------------------------------------------------------------
@@ -180,6 +184,9 @@ class Pair:
             i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
             diff = {k: (a[i][k], b[i].get(k)) for k in a[i] if a[i][k] != b[i].get(k)}
             raise AssertionError(f"signals differ at {i} ({reqs[i]}): ref, new = {diff}")
+        # the same order of names (it is the order of the verdict's JSON) and plain ints
+        assert all(list(x) == list(y) for x, y in zip(a, b))
+        assert all(type(v) is int for y in b for v in y.values())
         self.compared += len(a)
         if record == "none":
             return
@@ -208,7 +215,9 @@ class Pair:
         rng = self.rng
         for aid in list(self.ns):
             x = rng.random()
-            if x < 0.25:
+            if x < 0.05:             # encoded (rebased, dead entries ranked), kept in use
+                self.ns[aid].to_bytes()
+            elif x < 0.25:
                 blob = self.ns[aid].to_bytes()
                 back = AgentState.from_bytes(blob)
                 assert back.to_bytes() == blob
@@ -308,6 +317,70 @@ def test_whole_batches_with_repeated_agents(seed: int) -> None:
 def test_small_caps_evict_constantly(seed: int) -> None:
     pair = Pair(seed=seed, config={"max_actions": 2, "max_fingerprints": 3, "max_fanout": 5})
     pair.run(Stream(seed, agents=8).take(5000), waves=seed % 2 == 0)
+
+
+@pytest.mark.parametrize("seed", range(20, 28))
+def test_ties_and_dead_entries_across_codec_round_trips(seed: int) -> None:
+    """Tiny caps, many actions in the same millisecond (LRU ties broken by place),
+    gaps that kill entries (>11 s fingerprints, >65 min actions) and every state
+    through the codec between batches: dead entries keep their place and age rank."""
+    rng = random.Random(seed)
+    pair = Pair(seed=seed, config={"max_actions": 2, "max_fingerprints": 3, "max_fanout": 3})
+    stream = Stream(seed, agents=2)
+    t = T0
+    for _ in range(600):
+        t += rng.choice([0.0, 0.0, 0.0, 0.0001, 0.6, 4.0, 12.5, 70.0, 3_700.0, 4_000.0])
+        wave = [stream._req(agent, t, rng.choice(stream.actions[:3]), "TypeA0",
+                            f"r{rng.randrange(2)}", {"c": rng.randrange(2)})
+                for agent in ("agent-0", "agent-1") if rng.random() < 0.8]
+        if not wave:
+            continue
+        pair.observe(wave, deny_p=0.3)
+        for aid in pair.ns:
+            pair.ns[aid] = AgentState.from_bytes(pair.ns[aid].to_bytes())
+
+
+def test_a_dead_entry_keeps_its_place_and_its_age_rank() -> None:
+    """The case the ranks exist for: dead entries whose age order differs from their
+    order in the table; eviction must take the oldest, and a revived one must keep its
+    place, which decides a later tie."""
+    pair = Pair(seed=30, config={"max_fingerprints": 3})
+    stream = Stream(30, agents=1)
+
+    def at(t: float, ctx: str) -> None:
+        pair.observe([stream._req("agent-0", T0 + t, "tool0.op0", "TypeA0", "r1",
+                                  {"c": ctx})], deny_p=0.0)
+
+    at(0, "A")
+    at(1, "B")
+    at(2, "A")              # A younger than B, still before it in the table
+    at(30, "C")             # A and B dead (older than 11 s)
+    pair.ns = {k: AgentState.from_bytes(v.to_bytes()) for k, v in pair.ns.items()}
+    for ctx in ("D", "A", "E", "A"):    # D evicts B (the oldest); A revived in place ...
+        at(30, ctx)                     # ... E evicts A (first of the tied), A is new
+
+
+@pytest.mark.parametrize("seed", range(1000, 1000 + EXTRA_SEEDS))
+def test_more_random_fleets(seed: int, fitted_model: Any) -> None:
+    """The scenarios above with fresh seeds, in turn (see EXTRA_SEEDS)."""
+    kind = seed % 6
+    if kind == 0:
+        Pair(seed=seed).run(Stream(seed).take(4000), waves=True)
+    elif kind == 1:
+        Pair(seed=seed).run(Stream(seed, agents=4).take(4000), waves=False)
+    elif kind == 2:
+        caps = {"max_actions": 1 + seed % 3, "max_fingerprints": 1 + seed % 4,
+                "max_fanout": 1 + seed % 6}
+        Pair(seed=seed, config=caps).run(Stream(seed, agents=6).take(4000),
+                                         waves=seed % 4 == 2)
+    elif kind == 3:
+        test_ties_and_dead_entries_across_codec_round_trips(seed)
+    elif kind == 4:
+        model = _stub_model() if seed % 12 == 4 else fitted_model
+        pair = Pair(seed=seed, model=model, roles=ROLES)
+        pair.run(Stream(seed, agents=8).take(3000), waves=True)
+    else:
+        Pair(seed=seed).run(Stream(seed, agents=10, t0=0.002 + seed).take(3000), waves=True)
 
 
 def test_caps_changed_between_runs_shrink_states_identically() -> None:
