@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from holdgate.stream.core import Decision
 from holdgate.stream.edges import RawRecord
-from holdgate.stream.replay import CHUNK
+from holdgate.stream.replay import CHUNK, replaying
 from holdgate.stream.runner import Runner
 
 __all__ = ["Flip", "FlipReport", "backtest", "compare"]
@@ -150,10 +150,11 @@ def backtest(records: Iterable[RawRecord], enforced: Runner, candidate: Runner, 
             on_progress(len(chunk))
         chunk.clear()
 
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= CHUNK:
+    with replaying(enforced), replaying(candidate):     # states kept decoded, nothing sealed
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= CHUNK:
+                flush()
+        if chunk:
             flush()
-    if chunk:
-        flush()
     return report

@@ -53,7 +53,7 @@ from holdgate.stream.runner import Runner
 from holdgate.stream.state import StateStore, Writes
 
 __all__ = ["ReplayReport", "Mismatch", "replay", "replay_sharded", "runner_for",
-           "decision_line", "LiveStates"]
+           "replaying", "decision_line", "LiveStates"]
 
 #: Records per decision clock: a chunk is decided at its latest broker time (see
 #: `_event_clock`), so this is part of what a topic replay reproduces.
@@ -242,39 +242,53 @@ def replay(records: Iterable[RawRecord], runner: Runner, *,
     report = ReplayReport()
     t0 = time.perf_counter()
     recorded = recorded or {}
+    with replaying(runner, live=live, live_max=live_max) as signals:
+        if not signals:
+            batch_max = chunk_size          # see LiveStates: without signals, batches matter
+        for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
+            out = runner.run(batch, decided_at=at)
+            runner.apply(out.writes)
+            report.records += len(batch)
+            report.deadletters += len(out.deadletters)
+            for d in out.decisions:
+                report.decisions += 1
+                if d.allowed:
+                    report.allowed += 1
+                else:
+                    report.denied += 1
+                if on_decision is not None:
+                    on_decision(d)
+                if recorded:
+                    _compare(d, recorded.get(d.request_id), report)
+            if on_progress is not None:
+                on_progress(len(batch))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@contextmanager
+def replaying(runner: Runner, *, live: bool = True, live_max: int = LIVE_MAX
+              ) -> Iterator[bool]:
+    """`runner` as a replay runs it, put back afterwards; yields whether it has signals.
+
+    No verdicts are sealed, young objects are collected less often and, with
+    signals and `live`, agent states stay decoded between batches (`LiveStates`;
+    flushed to the store at the end).
+    """
+    signals = runner.snapshot.signals is not None
     view = None
-    if runner.snapshot.signals is None:
-        batch_max = chunk_size          # see LiveStates: without signals, batches matter
-    elif live and runner.state_view is None:
+    if signals and live and runner.state_view is None:
         view = runner.state_view = LiveStates(runner.store, runner.partition_of,
                                               limit=live_max)
     sealing, runner.sealing = runner.sealing, False
-    with _fewer_collections():
-        try:
-            for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
-                out = runner.run(batch, decided_at=at)
-                runner.apply(out.writes)
-                report.records += len(batch)
-                report.deadletters += len(out.deadletters)
-                for d in out.decisions:
-                    report.decisions += 1
-                    if d.allowed:
-                        report.allowed += 1
-                    else:
-                        report.denied += 1
-                    if on_decision is not None:
-                        on_decision(d)
-                    if recorded:
-                        _compare(d, recorded.get(d.request_id), report)
-                if on_progress is not None:
-                    on_progress(len(batch))
-        finally:
-            runner.sealing = sealing
-            if view is not None:
-                runner.state_view = None
-                view.flush()
-    report.seconds = time.perf_counter() - t0
-    return report
+    try:
+        with _fewer_collections():
+            yield signals
+    finally:
+        runner.sealing = sealing
+        if view is not None:
+            runner.state_view = None
+            view.flush()
 
 
 def _batches(records: Iterable[RawRecord], recorded: Mapping[str, Mapping[str, Any]],

@@ -18,7 +18,7 @@ import time
 
 import orjson
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from holdgate import reasons as rc
 from holdgate.approvals import ApproverKeys
@@ -69,7 +69,7 @@ class Runner:
     approvers: ApproverKeys | None = None
     #: How a batch sees agent states; None: a `BatchStates` over `store` (decoded per batch,
     #: encoded back as ``writes``).  Only replays set one (`holdgate.stream.replay`).
-    state_view: Callable[[StateStore, Callable[[str], int]], BatchStates] | None = None
+    state_view: Callable[[StateStore, Callable[[str], int]], Any] | None = None  # ~BatchStates
     track_sources: bool = False  # BatchOutput.sources[i] is the record of decisions[i] (replay)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("decode", "decide", "seal", "actions"), 0.0))

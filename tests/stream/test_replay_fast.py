@@ -296,6 +296,26 @@ def test_live_states_evict_encoded_and_read_back() -> None:
     assert not view.live and set(store.data[0]) == {"a", "b", "c", "d", "x"}
 
 
+def test_backtest_gives_the_flips_of_the_workers_loop(lines: list[bytes],
+                                                     model_dir: Path) -> None:
+    from holdgate.stream.backtest import FlipReport, backtest, compare
+
+    records = _file_records(lines)
+    with_model, without = _settings(model_dir), _settings(None)
+    want = FlipReport()
+    a, b = _runner(with_model), _runner(without)
+    for i in range(0, len(records), 512):            # backtest's loop before: chunk by chunk
+        before = _reference(records[i:i + 512], a)
+        after = _reference(records[i:i + 512], b)
+        compare(want, before, after, {d.request_id: str((d.request or {}).get("action", "?"))
+                                      for d in before})
+    assert want.flips and want.same
+    got = backtest(records, _runner(with_model), _runner(without))
+    drop = ("before", "after")
+    assert {k: v for k, v in got.to_obj().items() if k not in drop} == \
+        {k: v for k, v in want.to_obj().items() if k not in drop}
+
+
 # -- sharded over processes ---------------------------------------------------------------
 
 def _line_list(decisions: list[Any]) -> list[bytes]:
@@ -357,3 +377,26 @@ def test_a_failing_shard_fails_the_replay(lines: list[bytes]) -> None:
 def _broken_runner() -> Runner:
     raise ValueError("no bundle here")
 
+
+
+def test_cli_replay_in_processes_writes_the_same_file(lines: list[bytes], model_dir: Path,
+                                                      tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(b"\n".join(lines) + b"\n")
+    outputs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"out-{workers}.jsonl"
+        result = subprocess.run(
+            [sys.executable, "-m", "holdgate", "replay", "--input", str(history), "--model",
+             str(model_dir), "--output", str(out), "--workers", workers],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HOLDGATE_PARTITIONS": str(PARTS)})
+        assert result.returncode == 0, result.stderr
+        assert ("2 processes" in result.stderr) == (workers == "2"), result.stderr
+        outputs.append(out.read_bytes())
+    want = _reference(_file_records(lines), _runner(_settings(model_dir)))
+    assert outputs[0] == outputs[1] == b"".join(line + b"\n" for line in _line_list(want))
