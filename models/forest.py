@@ -84,7 +84,7 @@ def _fail(msg: str) -> ModelError:
 
 def _checked_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if not isinstance(arrays, Mapping) or set(arrays) != set(_SPEC):
-        got = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
+        got: Any = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
         raise _fail(f"arrays must be exactly {sorted(_SPEC)}, got {got}")
     out: dict[str, np.ndarray] = {}
     for name, want in _SPEC.items():
@@ -117,6 +117,7 @@ def _checked_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
         v = meta.get(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise _fail(f"{key} must be a finite number, got {v!r}")
+    assert isinstance(psi, int)                          # checked above
     want = float(average_path_length([psi])[0])
     if not math.isclose(meta["normaliser"], want, rel_tol=1e-12, abs_tol=0.0):
         raise _fail(f"normaliser {meta['normaliser']!r} is not c(max_samples={psi}) = {want!r}")

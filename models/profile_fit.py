@@ -111,7 +111,6 @@ def fit_profiles(rows: TrainingRows, roles: Mapping[str, str],
     role_index = {r: i for i, r in enumerate(role_names)}
     role_of_agent = np.array([role_index.get(roles.get(a, ""), -1) for a in agents_all.tolist()],
                              dtype=np.int64)
-    role_code = role_of_agent[agent_code] if n else np.zeros(0, dtype=np.int64)
     day = (rows.t // 86_400).astype(np.int64)
     block = ((rows.t // BLOCK_SECONDS).astype(np.int64) % BLOCKS)
     values = rows.values.astype(np.float64)
@@ -174,17 +173,17 @@ def fit_profiles(rows: TrainingRows, roles: Mapping[str, str],
         types[a].add(rows.rtype[i])
     agent_actions: dict[str, dict[str, int]] = {agents_all[i]: {} for i in profiled}
     role_pool: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for (a, action), seen in act_q.items():
-        limit = _limit(float(np.quantile(seen, cfg.quantile, method="higher")), cfg.margin,
+    for (a, action), rates in act_q.items():
+        limit = _limit(float(np.quantile(rates, cfg.quantile, method="higher")), cfg.margin,
                        cfg.action_floor)
         if a in new_index:
             agent_actions[agents_all[a]][action] = limit
         if role_of_agent[a] >= 0:
-            role_pool[(int(role_of_agent[a]), action)].extend(seen)
+            role_pool[(int(role_of_agent[a]), action)].extend(rates)
     role_actions: dict[str, dict[str, int]] = {r: {} for r in role_names}
-    for (r, action), seen in role_pool.items():
+    for (r, action), pooled in role_pool.items():
         role_actions[role_names[r]][action] = _limit(
-            float(np.quantile(seen, cfg.quantile, method="higher")), cfg.margin,
+            float(np.quantile(pooled, cfg.quantile, method="higher")), cfg.margin,
             cfg.action_floor)
     role_types: dict[str, set[str]] = {r: set() for r in role_names}
     for a, ts in types.items():

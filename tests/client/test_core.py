@@ -101,7 +101,8 @@ def test_request_carries_its_deadline_and_the_digest_of_its_bytes(clock: FakeClo
     assert p.deadline == clock.mono + 1.5
     assert p.digest == action_digest(p.value) and p.key == AGENT.encode()
     assert check(core).request.deadline == pytest.approx(clock.wall + 1.6)  # the gate's default
-    assert check(core, timeout=30).request.deadline == pytest.approx(clock.wall + 29.0)  # margin capped
+    # the margin is capped at 1 s
+    assert check(core, timeout=30).request.deadline == pytest.approx(clock.wall + 29.0)
 
 
 def test_verdict_resolves_its_check_and_is_verified(clock: FakeClock) -> None:

@@ -14,7 +14,7 @@ import pytest
 from holdgate.errors import ConfigError
 from holdgate.events import ActionRequest, Resource
 from holdgate.models import (
-    SIGNAL_NAMES, ZERO_SIGNALS, AgentState, Scorer, SignalComputer, SignalConfig, fingerprint,
+    SIGNAL_NAMES, ZERO_SIGNALS, AgentState, SignalComputer, SignalConfig, fingerprint,
 )
 
 T0 = 1_700_000_000.0
