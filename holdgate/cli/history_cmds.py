@@ -135,7 +135,7 @@ def replay(settings: Settings, input_path: str | None, since: str | None, until:
         bar.close()
         if sink is not None and sink is not sys.stdout.buffer:
             sink.close()
-    err = click.get_text_stream("stderr")
+    err = sys.stderr                       # click.get_text_stream is deprecated (8.5)
     click.echo(f"replayed {report.records} records from {source} in {report.seconds:.2f}s "
                f"({report.rate:,.0f}/s" + (f", {processes} processes" if processes > 1 else "")
                + f"): {report.allowed} allow, {report.denied} deny, "

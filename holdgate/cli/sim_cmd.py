@@ -87,7 +87,7 @@ def simulate(settings: Settings, output: str | None, labels: str | None, bundle:
     config = SimConfig(seed=seed, start=parse_start(start), hours=hours, agents=agents,
                        attacks=parse_attacks(attacks), attack_after=attack_after)
     sim = Simulation(config)
-    err = click.get_text_stream("stderr")
+    err = sys.stderr                       # click.get_text_stream is deprecated (8.5)
     if bundle:
         write_bundle(bundle, sim.fleet)
         click.echo(f"bundle for {len(sim.fleet.agents)} agents written to {bundle}", file=err)
