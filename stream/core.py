@@ -262,7 +262,10 @@ def _decide_wave(snapshot: Snapshot, wave: list[_Slot], states: MutableMapping[s
         snapshot.signals.record_outcomes(states, [s.view for s in live],
                                          [s.outcome != "allow" for s in live])
     for slot in live:
-        states[slot.action.request.agent_id].remember_request(slot.key)
+        agent = slot.action.request.agent_id
+        state = states[agent]
+        state.remember_request(slot.key)
+        states[agent] = state          # assigned back: a store persists only assignments
         at = slot.action.decided_at if slot.action.decided_at is not None else decided_at
         outcome, reasons = _expire(slot.action, slot.outcome, slot.reasons, at,
                                    slot.action.event_time)

@@ -93,13 +93,9 @@ class LiveStates(MutableMapping[str, AgentState]):
     object over many waves of one batch too, and `AgentState` promises the same
     signals however a state is held (decoded or not, see its ``__eq__``).
 
-    Exact only when every state the core changes is assigned back, as the signal
-    computer does (a Faust table only persists assignments): a change made in place
-    and never assigned is lost by `BatchStates` at the end of the batch but kept
-    here.  Without signals the core remembers request ids in place and never assigns
-    a state it loaded, so the worker forgets them at the end of every batch but the
-    agent's first: its duplicate detection then depends on the batching.  `replay`
-    therefore keeps states live, and batches larger than a chunk, only with signals.
+    Exact because the core assigns back every state it changes (`BatchStates`
+    persists only assignments): a change made in place and never assigned would be
+    lost by `BatchStates` at the end of the batch but kept here.
     """
 
     def __init__(self, store: StateStore, partition_of: Callable[[str], int], *,
@@ -234,18 +230,15 @@ def replay(records: Iterable[RawRecord], runner: Runner, *,
            live_max: int = LIVE_MAX) -> ReplayReport:
     """Run `records` in order through `runner` (state in its store) and compare.
 
-    `chunk_size` records share a decision clock; with signals, consecutive chunks
-    with the same clock run as one batch of up to `batch_max` records and `live`
-    keeps agent states decoded between batches (see `LiveStates`; without signals
-    each chunk is a batch over `BatchStates`, as before).  The store holds the end
+    `chunk_size` records share a decision clock; consecutive chunks with the same
+    clock run as one batch of up to `batch_max` records and `live` keeps agent
+    states decoded between batches (see `LiveStates`).  The store holds the end
     states either way.  No verdicts are sealed (the runner's `sealing` is restored).
     """
     report = ReplayReport()
     t0 = time.perf_counter()
     recorded = recorded or {}
-    with replaying(runner, live=live, live_max=live_max) as signals:
-        if not signals:
-            batch_max = chunk_size          # see LiveStates: without signals, batches matter
+    with replaying(runner, live=live, live_max=live_max):
         for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
             out = runner.run(batch, decided_at=at)
             runner.apply(out.writes)
@@ -273,12 +266,12 @@ def replaying(runner: Runner, *, live: bool = True, live_max: int = LIVE_MAX
     """`runner` as a replay runs it, put back afterwards; yields whether it has signals.
 
     No verdicts are sealed, young objects are collected less often and, with
-    signals and `live`, agent states stay decoded between batches (`LiveStates`;
-    flushed to the store at the end).
+    `live`, agent states stay decoded between batches (`LiveStates`; flushed to
+    the store at the end).
     """
     signals = runner.snapshot.signals is not None
     view = None
-    if signals and live and runner.state_view is None:
+    if live and runner.state_view is None:
         view = runner.state_view = LiveStates(runner.store, runner.partition_of,
                                               limit=live_max)
     sealing, runner.sealing = runner.sealing, False
