@@ -128,7 +128,23 @@ def test_exported_file_replays_to_the_same_decisions(history: dict[str, Any]) ->
     assert result.returncode == 0, result.stderr
     replayed = _lines(out)
     assert {k: _essence(v) for k, v in replayed.items()} == \
-        {k: _essence(v) for k, v in recorded.items()}
+        {k: _file_essence(v) for k, v in recorded.items()}
+
+
+def _file_essence(v: dict[str, Any]) -> tuple[Any, ...]:
+    """What a file replay can reproduce of a recorded verdict.
+
+    A file holds the actions, not when the worker decided them: each is decided
+    at its broker time.  An EXPIRED the worker gave because it decided late (a
+    readiness probe sent while it was starting) is therefore the policy's own
+    answer in a file replay; the reasons after EXPIRED are that answer, and a
+    topic replay, which reads the verdicts' decision times, reproduces EXPIRED too.
+    """
+    decision, codes, *rest = _essence(v)
+    if codes[:1] == ("EXPIRED",):
+        codes = codes[1:]
+        decision = "allow" if codes == ("PERMITTED",) else "deny"
+    return (decision, codes, *rest)
 
 
 def test_other_batching_changes_no_decision(history: dict[str, Any]) -> None:
