@@ -137,10 +137,11 @@ def encode(st: AgentState) -> bytes:
     delta = clock_ms - st.base
     recent = st.recent
     parts: list[Any] = [b"", b"", recent]
-    try:
-        parts += (_RATES_U8, bytes(st.rates[:_NRATES]))
-    except ValueError:
-        parts += (_RATES_U16, le_bytes(array("H", st.rates[:_NRATES])))
+    rates = st.rates
+    if max(rates[_NRATES:]) > 255 and max(rates[:_NRATES]) > 255:    # totals first
+        parts += (_RATES_U16, le_bytes(array("H", rates[:_NRATES])))
+    else:
+        parts += (_RATES_U8, bytes(rates[:_NRATES]))
     baseline = st.baseline
     flags = 0
     if any(baseline):

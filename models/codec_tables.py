@@ -34,6 +34,8 @@ RSUB = [bytes((k - x) & 0xFF for x in range(256)) for k in range(256)]
 D10 = [bytes(-((r - d) // 10) & 0xFF for d in range(256)) for r in range(10)]
 #: WORDS[code][n]: n words of struct type `code` ("I" actions, "H" fingerprints)
 WORDS = {code: [struct.Struct(f"<{n}{code}") for n in range(256)] for code in "HI"}
+#: _ALL_LIVE[n]: the live list of a table of n entries all live
+_ALL_LIVE = [bytes([n, *range(n)]) for n in range(256)]
 _FAN_W, _FAN_B = FANOUT.horizon.width_ms, FANOUT.horizon.buckets
 _F10_W, _F10_B = FANOUT_10M.horizon.width_ms, FANOUT_10M.horizon.buckets
 
@@ -41,8 +43,8 @@ _F10_W, _F10_B = FANOUT_10M.horizon.width_ms, FANOUT_10M.horizon.buckets
 def keyed_parts(parts: list[Any], keys: bytearray, words: list[int], rings: list[Ring],
                 delta: int, clock_ms: int, long: tuple[int, int], dead: int, code: str,
                 plan: Plan) -> None:
-    """Append keys | words | live list | chunks of one keyed table to `parts`,
-    rebasing `words` on the clock in place.
+    """Append keys | words | live list | chunks of one (non-empty) keyed table to
+    `parts`, rebasing `words` on the clock in place.
 
     Dead: the longest horizon has expired at the clock (``clock_b - last_b >=
     slots``), so every shorter one has too.  Touched again, a dead entry's rings
@@ -59,6 +61,13 @@ def keyed_parts(parts: list[Any], keys: bytearray, words: list[int], rings: list
     limit = clock_ms % width + (slots - 1) * width + 1 - delta   # word >= limit: dead
     n = len(words)
     ordered = sorted(words)
+    if ordered[-1] < limit:                # every entry live, and stays so: whole lists
+        if delta:
+            words[:] = [w + delta for w in words]
+        parts += (keys, WORDS[code][n].pack(*words), _ALL_LIVE[n])
+        rings[:] = [r if isinstance(r, bytes) else ring_chunk(r, plan) for r in rings]
+        parts += rings                     # kept as written: smaller than lists
+        return
     n_live = bisect_left(ordered, dead)
     if n_live == n:
         live = list(range(n))

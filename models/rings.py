@@ -60,17 +60,17 @@ def chunk_max(plan: Plan) -> int:
 
 
 def ring_chunk(ring: list[int] | None, plan: Plan) -> bytes:
-    """A ring as a self-delimited chunk: a one-horizon ring as kind 1 (its few
-    counters), a several-horizon one as kind 3 (dense bytes: cheaper to write and
-    read back, and its horizons are rarely empty); kind 2 when a counter > 255."""
+    """A ring (with its totals) as a self-delimited chunk: a one-horizon ring as
+    kind 1 (its few counters), a several-horizon one as kind 3 (dense bytes:
+    cheaper to write and read back, and its horizons are rarely empty); kind 2
+    when a counter > 255 (no counter can be while every total is not)."""
     if ring is None or not any(ring):
         return ZERO_CHUNK
     size = plan[-1][0] + plan[-1][2]
-    try:
-        dense = bytes(ring[:size])
-    except ValueError:
+    if max(ring[size:]) > 255 and max(ring[:size]) > 255:   # totals first: cheaper
         out = le_bytes(array("H", ring[:size]))
         return bytes((1 + len(out), 2)) + out
+    dense = bytes(ring[:size])
     if len(plan) > 1:
         return bytes((1 + size, 3)) + dense
     body = dense.strip(b"\x00")
