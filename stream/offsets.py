@@ -7,8 +7,9 @@ offset ahead of the mark means the changelog lost something) and they are what
 lag tools read.  Committing them inside every transaction cost two more
 sequential broker round trips per batch (AddOffsetsToTxn, TxnOffsetCommit) and
 an offsets-topic write with its own transaction marker; here they are committed
-after the transaction, coalesced, one request in flight, so they can never run
-ahead of a committed mark.  A failed or lost commit only leaves them further
+after the transaction, coalesced (at most one request per `INTERVAL`, one in
+flight), so they can never run ahead of a committed mark and cost the broker a
+few requests a second whatever the batch rate.  A failed or lost commit only leaves them further
 behind, which costs nothing but a larger "lag" until the next one.
 """
 from __future__ import annotations
@@ -28,12 +29,17 @@ log = logging.getLogger("holdgate.worker")
 #: Seconds one group commit may take before it is given up (the next one retries).
 COMMIT_BOUND = 10.0
 
+#: Seconds between two group commits: the offsets lag the marks by about this much.
+INTERVAL = 0.2
+
 
 class GroupOffsets:
     """Offsets of committed batches, waiting to be committed to the consumer group."""
 
-    def __init__(self, consumer: Callable[[], Any], owned: Callable[[int], bool]) -> None:
+    def __init__(self, consumer: Callable[[], Any], owned: Callable[[int], bool], *,
+                 interval: float = INTERVAL) -> None:
         self._consumer = consumer
+        self.interval = interval
         self._owned = owned
         self._due: dict[TopicPartition, int] = {}
         self._wake = asyncio.Event()
@@ -53,6 +59,7 @@ class GroupOffsets:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
+            await asyncio.sleep(self.interval)      # what comes meanwhile goes in the next
 
     async def flush(self, partitions: set[int] | None = None) -> bool:
         """Commit what is due (of `partitions`, or all we still own); False if it failed."""
