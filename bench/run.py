@@ -19,14 +19,15 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="?", default="all",
                     choices=["all", "hold", "decide", "memory", "replay", "restart", "forest",
-                             "detect", "swap", "profile"],
+                             "detect", "swap", "scale", "profile"],
                     help="hold: end-to-end latency/throughput vs the bare aiokafka and Faust "
                          "echoes (starts Kafka and workers); decide: per-action cost, signals on "
                          "vs off; memory: state per agent and for 100k agents; replay: history "
                          "throughput; restart: fail-closed outage after SIGKILL vs history; "
                          "forest: IsolationForest scoring, sklearn vs numpy; detect: "
                          "simulate, fit, judge per persona (detection quality); swap: shadow "
-                         "cost and how fast workers follow a publish; profile (not in all): "
+                         "cost and how fast workers follow a publish; scale: 1 vs 2 workers "
+                         "and 2/4/8 partitions, CPU per process; profile (not in all): "
                          "py-spy profile of a loaded worker, by area")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each hold phase")
@@ -86,6 +87,13 @@ def main() -> None:
             res = swap.run(bootstrap)
         common.save("swap", res)
         print(swap.report(res), flush=True)
+    if args.which in ("all", "scale"):      # 1 vs 2 workers; partitions on one worker
+        import scale
+        with common.broker(args.bootstrap) as bootstrap:
+            res = scale.run(bootstrap, seconds=args.seconds, window=args.window,
+                            n_fleet=args.fleet, max_other=0.15)
+        common.save("scale", res)
+        print(scale.report(res), flush=True)
     if args.which == "profile":             # evidence, not a figure: not part of "all"
         import profile_worker as worker_profile
         with common.broker(args.bootstrap) as bootstrap:
