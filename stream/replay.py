@@ -17,7 +17,7 @@ warm-up: a replay from an empty state has nothing to hold.
 
 Speed without another decision: the worker decodes each touched agent's state
 blob at the start of a batch and encodes it at the end, because its store must
-be durable bytes.  A replay's store is memory, so with signals on it keeps the
+be durable bytes.  A replay's store is memory, so it keeps the
 decoded states between batches (`LiveStates`) and encodes only when it evicts
 one or finishes; records are run in batches of up to ``RUN_MAX`` (the chunks of
 ``chunk_size`` that share one decision clock), and no verdict bytes are sealed.
@@ -262,14 +262,13 @@ def replay(records: Iterable[RawRecord], runner: Runner, *,
 
 @contextmanager
 def replaying(runner: Runner, *, live: bool = True, live_max: int = LIVE_MAX
-              ) -> Iterator[bool]:
-    """`runner` as a replay runs it, put back afterwards; yields whether it has signals.
+              ) -> Iterator[None]:
+    """`runner` as a replay runs it, put back afterwards.
 
     No verdicts are sealed, young objects are collected less often and, with
     `live`, agent states stay decoded between batches (`LiveStates`; flushed to
     the store at the end).
     """
-    signals = runner.snapshot.signals is not None
     view = None
     if live and runner.state_view is None:
         view = runner.state_view = LiveStates(runner.store, runner.partition_of,
@@ -277,7 +276,7 @@ def replaying(runner: Runner, *, live: bool = True, live_max: int = LIVE_MAX
     sealing, runner.sealing = runner.sealing, False
     try:
         with _fewer_collections():
-            yield signals
+            yield
     finally:
         runner.sealing = sealing
         if view is not None:
@@ -402,9 +401,8 @@ def replay_sharded(records: Iterable[RawRecord], make_runner: Callable[[], Runne
         proc.start()
     sizes: deque[int] = deque()
     try:
-        # each built its runner (or failed saying why) and says whether it has signals
-        if not all([_receive(procs, outboxes, i) for i in range(workers)]):
-            batch_max = chunk_size              # as `replay` does, see LiveStates
+        for i in range(workers):                # each built its runner, or says why not
+            _receive(procs, outboxes, i)
         base = 0
         for batch, at in _batches(records, recorded, decided_at, chunk_size, batch_max):
             parts: list[list[tuple[Any, ...]]] = [[] for _ in range(workers)]
@@ -517,13 +515,13 @@ def _shard_main(make_runner: Callable[[], Runner], mode: str, live_max: int,
         runner = make_runner()
         runner.sealing = False
         runner.track_sources = True
-        signals = runner.snapshot.signals is not None
-        if signals:                                 # as `replay` does, see LiveStates
-            runner.state_view = LiveStates(runner.store, runner.partition_of, limit=live_max)
+        # as `replay` does (see LiveStates), without its final flush: a worker's store
+        # is thrown away with it
+        runner.state_view = LiveStates(runner.store, runner.partition_of, limit=live_max)
         settle()                                # a process of its own: as the worker does
         t0, t1, t2 = gc.get_threshold()         # and as `replay` does
         gc.set_threshold(max(t0, GC_YOUNG), t1, t2)
-        outbox.put(("ready", signals))
+        outbox.put(("ready", None))
         while True:
             message = inbox.get()
             if message is None:
