@@ -64,6 +64,15 @@ class Lane:
     sweep_due: float = 0.0
 
 
+async def _seek(consumer: AIOKafkaConsumer, tp: Any, start: int | None) -> int | None:
+    """Position `tp` at `start`, or at its beginning when None; returns `start`."""
+    if start is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, start)
+    return start
+
+
 class LanePreparation:
     """Mixin of `KafkaDriver`: the way from an assigned partition to a ready lane."""
 
@@ -149,20 +158,9 @@ class LanePreparation:
             [stats] = await restore(restorer, s.changelog_topic, [p], self.store)
         finally:
             await bounded(restorer.stop(), 5.0, "restore consumer stop")
-        start = self._start_offset(p, committed)
-        if start is None:
-            await consumer.seek_to_beginning(tp)
-            lane.position = None
-        else:
-            consumer.seek(tp, start)
-            lane.position = start
-        approvals_start = self._approvals_start(p, approvals_committed)
-        if approvals_start is None:
-            await consumer.seek_to_beginning(atp)
-            lane.approvals_position = None
-        else:
-            consumer.seek(atp, approvals_start)
-            lane.approvals_position = approvals_start
+        start = lane.position = await _seek(consumer, tp, self._start_offset(p, committed))
+        lane.approvals_position = await _seek(consumer, atp,
+                                              self._approvals_start(p, approvals_committed))
         lane.ready = True
         self.status.changed()
         consumer.resume(tp, atp)
