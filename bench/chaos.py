@@ -40,7 +40,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -487,17 +486,6 @@ def tail(path: Path, lines: int) -> str:
         return ""
 
 
-def _port_free_reuse(port: int) -> bool:
-    """Like LocalKafka's port check but ignoring TIME_WAIT leftovers of the stopped broker."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 class Broker:
     """Our own LocalKafka (kept, unlike bench/common.broker, so it can be restarted)."""
 
@@ -521,16 +509,8 @@ class Broker:
         t = now()
         self.kafka.stop()
         stopped = now() - t
-        if hasattr(type(self.kafka), "restart"):   # knows a TIME_WAIT port is not busy
-            self.kafka.start(timeout=120)
-        else:
-            import holdgate.localkafka as lk
-
-            saved, lk._port_busy = lk._port_busy, _port_free_reuse
-            try:
-                self.kafka.start(timeout=120)
-            finally:
-                lk._port_busy = saved
+        # same ports and data; its port check (preflight.port_taken) ignores TIME_WAIT
+        self.kafka.start(timeout=120)
         return {"stop_s": round(stopped, 1), "down_s": round(now() - t, 1)}
 
     def close(self) -> None:
