@@ -140,6 +140,21 @@ def read_topic(settings: Settings, topic: str, *, committed: bool = True,
         consumer.close()
 
 
+def assert_group_at_end(settings: Settings) -> None:
+    """The worker group's committed offsets reached the end of every actions partition."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    probe = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.app_id,
+                          enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(settings.actions_topic, p) for p in range(settings.partitions)]
+        ends = probe.end_offsets(tps)
+        for tp in tps:
+            assert (probe.committed(tp) or 0) == ends[tp], (tp, probe.committed(tp), ends[tp])
+    finally:
+        probe.close(autocommit=False)
+
+
 def fleet_bundle(dst: Path, n_agents: int, role: str = "support") -> tuple[Path, list[str]]:
     """The default bundle plus n agents of a role (a fleet bigger than the demo's)."""
     import json

@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient
 
 from holdgate.client import AsyncGate
 from holdgate.events import Verdict
 from holdgate.routing import partition_for
 from holdgate.settings import Settings
-from workers import WorkerProcess, fleet_bundle, read_topic
+from workers import WorkerProcess, assert_group_at_end, fleet_bundle, read_topic
 
 
 @dataclasses.dataclass
@@ -110,17 +110,7 @@ def _check_promise(settings: Settings, answers: Answers) -> dict[str, Any]:
         if told.codes[0] == "TIMEOUT" and by_request.get(rid):
             assert by_request[rid][0]["decision"] == "deny", by_request[rid][0]["reasons"]
     # the group's committed offsets reached the end: nothing skipped, nothing stuck
-    from kafka import KafkaConsumer
-
-    probe = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.app_id,
-                          enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(settings.actions_topic, p) for p in range(settings.partitions)]
-        ends = probe.end_offsets(tps)
-        for tp in tps:
-            assert (probe.committed(tp) or 0) == ends[tp], (tp, probe.committed(tp), ends[tp])
-    finally:
-        probe.close(autocommit=False)
+    assert_group_at_end(settings)
     codes: dict[str, int] = defaultdict(int)
     for [v] in by_request.values():
         codes[v["reasons"][0]["code"]] += 1

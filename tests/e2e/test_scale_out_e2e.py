@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from holdgate.client import AsyncGate
 from holdgate.events import Verdict
@@ -37,7 +36,7 @@ from holdgate.routing import partition_for
 from holdgate.settings import Settings
 from holdgate.signing import read_signature
 from holdgate.topics import ensure_topics
-from workers import WorkerProcess, fleet_bundle, read_topic
+from workers import WorkerProcess, assert_group_at_end, fleet_bundle, read_topic
 
 SESSION_TIMEOUT = 6.0
 
@@ -115,18 +114,6 @@ def _verdicts_once(settings: Settings, timeout: float = 60.0) -> tuple[list[Any]
                               f"{list(twice.items())[:5]}"
             return actions, {rid: recs[0] for rid, recs in by_request.items()}
         time.sleep(1.0)
-
-
-def _group_at_end(settings: Settings) -> None:
-    probe = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.app_id,
-                          enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(settings.actions_topic, p) for p in range(settings.partitions)]
-        ends = probe.end_offsets(tps)
-        for tp in tps:
-            assert (probe.committed(tp) or 0) == ends[tp], (tp, probe.committed(tp), ends[tp])
-    finally:
-        probe.close(autocommit=False)
 
 
 @pytest.fixture
@@ -232,7 +219,7 @@ async def test_workers_split_join_leave_and_agent_state_follows_its_partition(
             assert "c" in runs[1:-1], (agent, runs, c_share)
             first_on_c = next(i for i, it in enumerate(seq[agent]) if it[1] == "c")
             assert seq[agent][first_on_c][2] > 1, (agent, seq[agent][first_on_c])
-    _group_at_end(base)
+    assert_group_at_end(base)
 
     # the partitions c held were idle for about the session timeout after its SIGTERM
     decided = defaultdict(list)
