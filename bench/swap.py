@@ -211,7 +211,7 @@ def shadow_cost(*, n: int = 6000, repeats: int = 15) -> dict[str, Any]:
                 row["overhead_outside_gc_spread_us"] = _spread(bare)
                 print(f"  own cost of the {mode} shadow, replayed alone ...", flush=True)
                 row["own_us"] = own = _own_cost(snapshot, run_once, mode, repeats, n,
-                                                signer=signer, now=now)
+                                                now=now)
                 row["overhead_over_own"] = row["overhead_us"] / own["total"] \
                     if own["total"] > 0 else float("nan")
                 row["excess_us"] = row["overhead_us"] - own["total"]
@@ -224,7 +224,7 @@ def shadow_cost(*, n: int = 6000, repeats: int = 15) -> dict[str, Any]:
 
 
 def _own_cost(snapshot: Any, run_once: Any, mode: str, repeats: int, n: int, *,
-              signer: Signer, now: float) -> dict[str, Any]:
+              now: float) -> dict[str, Any]:
     """What the shadow itself costs, each part replayed alone (CPU µs per action, medians).
 
     One run under the shadowed snapshot logs, in order, the enforced engine's
@@ -235,7 +235,8 @@ def _own_cost(snapshot: Any, run_once: Any, mode: str, repeats: int, n: int, *,
     replayed untimed in between) and times `core._shadow` whole: `rederive`,
     `decide_many` (timed inside it), and the rest, *build*: the shadow record
     (outcome, deadline, reasons, the signals it read differently).  *seal*: the
-    run's decisions sealed (signed, as the worker does) with their shadow
+    run's decisions sealed (as the worker does; signing costs the same with
+    or without a shadow, so it is left out) with their shadow
     record minus the same decisions with ``shadow=None``.  The collector is off
     while timing (its cost per run is measured separately, per mode).
     """
@@ -284,7 +285,7 @@ def _own_cost(snapshot: Any, run_once: Any, mode: str, repeats: int, n: int, *,
             for which in ((True, False) if r % 2 else (False, True)):
                 t = time.process_time()
                 for seq, d in enumerate(decisions if which else bare):
-                    seal(d, decided_at=now, ttl=30.0, signer=signer, seq=seq)
+                    seal(d, decided_at=now, ttl=30.0, seq=seq)
                 sealed[which] = time.process_time() - t
         finally:
             gc.enable()
@@ -295,11 +296,9 @@ def _own_cost(snapshot: Any, run_once: Any, mode: str, repeats: int, n: int, *,
         per["total"].append(sum(got.values()) / n * 1e6)
     own: dict[str, Any] = {k: statistics.median(v) for k, v in per.items()}
     own["total_spread"], own["runs"] = _spread(per["total"]), per
-    own["verdict_bytes"] = {"with": statistics.mean(len(seal(d, decided_at=now, ttl=30.0,
-                                                              signer=None).value)
+    own["verdict_bytes"] = {"with": statistics.mean(len(seal(d, decided_at=now, ttl=30.0).value)
                                                     for d in decisions[:500]),
-                            "without": statistics.mean(len(seal(d, decided_at=now, ttl=30.0,
-                                                                 signer=None).value)
+                            "without": statistics.mean(len(seal(d, decided_at=now, ttl=30.0).value)
                                                        for d in bare[:500])}
     return own
 

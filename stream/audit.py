@@ -12,13 +12,15 @@ Format (JSON Lines, one object per line, ``holdgate-audit/1``)::
                       "ranges": {"<p>": {"first_offset", "end_offset", "holes",
                                          "count", "first_seq", "last_seq", "last_offset"}}}
     then     records {"verdict": {"partition", "offset", "timestamp", "value_b64",
-                                  "sig_b64", "kid"},
+                                  "sig_b64", "kid", "proof_b64" (batch-signed only)},
                       "action": {"partition", "offset", "value_b64"} | null,
                       "action_missing": "why"  (only with a null action)}
     last     end     {"holdgate_audit_end": 1, "records": M, "chain": "sha256:<hex>"}
 
 Records are grouped by verdict partition, in offset order.  ``value_b64`` are
-the record values byte for byte: Ed25519 checks over the verdict value, and
+the record values byte for byte: Ed25519 checks over the verdict value (or,
+with ``proof_b64``, over the tree head its Merkle proof leads to:
+`holdgate.merkle`; files without it read as before), and
 SHA-256 of the action value equals the verdict's ``action_digest``.  ``ranges``
 says the export is *complete*: every committed record of ``[first_offset,
 end_offset)`` is a line, and ``holes`` lists the sub-ranges holding none
@@ -69,6 +71,7 @@ from typing import IO, Any
 import orjson
 
 from holdgate.settings import Settings
+from holdgate.signing import read_proof
 from holdgate.stream.logread import offset_bounds, open_consumer, partition_count, scan
 
 __all__ = ["FORMAT", "ExportSummary", "export_audit", "chain_start", "chain_next"]
@@ -143,10 +146,14 @@ def export_audit(settings: Settings, start: float, end: float, sink: IO[bytes], 
                 digest, seq = _digest_and_seq(value)
                 sig = next((v for k, v in rec.headers if k == "hg-sig"), b"")
                 kid = next((v for k, v in rec.headers if k == "hg-kid"), b"")
-                part = orjson.dumps({"partition": rec.partition, "offset": rec.offset,
-                                     "timestamp": rec.timestamp, "value_b64": _b64(value),
-                                     "sig_b64": _b64(sig),
-                                     "kid": kid.decode("ascii", "replace")})
+                entry: dict[str, Any] = {
+                    "partition": rec.partition, "offset": rec.offset,
+                    "timestamp": rec.timestamp, "value_b64": _b64(value),
+                    "sig_b64": _b64(sig), "kid": kid.decode("ascii", "replace")}
+                proof = read_proof(rec.headers)
+                if proof is not None:
+                    entry["proof_b64"] = _b64(proof)
+                part = orjson.dumps(entry)
                 index.append((rec.partition, rec.offset, verdicts.tell(), len(part), digest))
                 verdicts.write(part)
                 r.count += 1

@@ -3,7 +3,8 @@
 Only public keys are needed: no broker, no policy, no trust in the exporter.
 Every check names the line where it fails, so an auditor can point at it:
 
-* per record: the verdict's Ed25519 signature over its exact value bytes; the
+* per record: the verdict's Ed25519 signature over its exact value bytes (or
+  the tree head its Merkle proof leads to, for a batch-signed verdict); the
   action bytes' SHA-256 against the signed ``action_digest``; a sequenced
   verdict sits on its agent's partition (the signature binds the agent);
 * per partition: offsets strictly increase (else reordered or duplicated);
@@ -31,6 +32,7 @@ import orjson
 
 from holdgate.keys import TrustStore
 from holdgate.routing import partition_for
+from holdgate.signing import signed_bytes
 from holdgate.stream.audit import FORMAT, chain_next, chain_start
 
 __all__ = ["Problem", "AuditReport", "verify_audit"]
@@ -137,6 +139,14 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _signed(v: dict[str, Any], value: bytes) -> tuple[bytes | None, str | None]:
+    """What the verdict's signature must cover (`signed_bytes`), or why nothing can."""
+    if "proof_b64" not in v:
+        return signed_bytes(value, None)
+    proof = _unb64(v["proof_b64"])
+    return signed_bytes(value, proof) if proof is not None else (None, "proof_b64 is malformed")
+
+
 def _check_record(number: int, obj: dict[str, Any], header: dict[str, Any] | None,
                   trust: TrustStore, report: AuditReport, parts: dict[int, _Partition]) -> None:
     def problem(message: str) -> None:
@@ -150,7 +160,9 @@ def _check_record(number: int, obj: dict[str, Any], header: dict[str, Any] | Non
         problem("verdict: value_b64, sig_b64, partition or offset missing or malformed")
         return
     kid = v.get("kid") if isinstance(v.get("kid"), str) else None
-    why = trust.verify(kid, value, sig)
+    signed, why = _signed(v, value)
+    if signed is not None:
+        why = trust.verify(kid, signed, sig, remember="proof_b64" in v)
     if why is not None:
         problem(f"verdict signature: {why} (partition {partition} offset {offset})")
     elif kid is not None:

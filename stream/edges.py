@@ -2,7 +2,8 @@
 
 `decode` turns one consumed record into an `Action` for the core or a
 `Rejected` (malformed, too large, keyed by someone else); `seal` turns a core
-`Decision` into the signed wire verdict; `dead_letter` keeps every record the
+`Decision` into the wire verdict and `sign_verdicts` signs a batch of them
+(one signature, a Merkle proof each); `dead_letter` keeps every record the
 core could not decide, bounded in size so that producing it can never fail on
 the broker's message limit (an oversized action must not stop the gate).
 Nothing here raises for any input bytes.
@@ -35,11 +36,12 @@ from holdgate.errors import ValidationError
 from holdgate.events import MAX_RECORD_BYTES, Reason, Verdict, action_digest, decode_request_obj
 from holdgate.routing import partition_for
 from holdgate.keys import Signer
-from holdgate.signing import sign_headers
+from holdgate.signing import sign_batch
 from holdgate.stream.core import Action, Decision, Snapshot
 
 __all__ = ["RawRecord", "Outgoing", "Rejected", "decode", "rejected_decision", "seal",
-           "dead_letter", "recover_identity", "DEADLETTER_INLINE_MAX", "DEADLETTER_HEAD"]
+           "sign_verdicts", "dead_letter", "recover_identity", "DEADLETTER_INLINE_MAX",
+           "DEADLETTER_HEAD"]
 
 #: Record values up to this size are kept whole (base64) in their dead letter.
 DEADLETTER_INLINE_MAX = 64 * 1024
@@ -212,12 +214,12 @@ def rejected_decision(rejected: Rejected, snapshot: Snapshot) -> Decision | None
                     digest=action_digest(raw.value or b""), request=None)
 
 
-def seal(decision: Decision, *, decided_at: float, ttl: float, signer: Signer | None,
+def seal(decision: Decision, *, decided_at: float, ttl: float,
          seq: int | None = None) -> Outgoing:
-    """The wire verdict for a decision, signed over its exact bytes (record headers).
+    """The wire verdict for a decision, not yet signed (`sign_verdicts` signs a batch).
 
-    An allow stays actionable for `ttl` seconds.  Without a signer (replay,
-    bench) the verdict is unsigned, and no reader will act on it as an allow.
+    An allow stays actionable for `ttl` seconds.  Left unsigned (replay,
+    bench), no reader will act on it as an allow.
     """
     verdict = Verdict(
         request_id=decision.request_id, agent_id=decision.agent_id,
@@ -227,9 +229,19 @@ def seal(decision: Decision, *, decided_at: float, ttl: float, signer: Signer | 
         expires_at=decided_at + ttl if decision.allowed else decided_at,
         request=decision.request, seq=seq, awaiting=decision.awaiting,
         shadow=dict(decision.shadow) if decision.shadow is not None else None)
-    value = orjson.dumps(verdict.to_obj())
-    headers = sign_headers(signer, value) if signer is not None else ()
-    return Outgoing(decision.partition, decision.agent_id.encode(), value, headers)
+    return Outgoing(decision.partition, decision.agent_id.encode(),
+                    orjson.dumps(verdict.to_obj()))
+
+
+def sign_verdicts(signer: Signer, verdicts: list[Outgoing]) -> list[Outgoing]:
+    """The batch's verdicts with signature headers: one Ed25519 signature for all of them.
+
+    Each verdict is signed over its exact bytes through the batch's Merkle
+    tree (`holdgate.signing.sign_batch`), so each still verifies alone.
+    """
+    signed = sign_batch(signer, [v.value for v in verdicts])
+    return [Outgoing(v.partition, v.key, v.value, v.headers + h)
+            for v, h in zip(verdicts, signed, strict=True)]
 
 
 def dead_letter(raw: RawRecord, error: str, *, worker: str, received_at: float) -> bytes:

@@ -37,7 +37,7 @@ from holdgate import reasons as rc
 from holdgate.keys import TrustStore
 from holdgate.routing import partition_for
 from holdgate.settings import Settings
-from holdgate.signing import read_signature
+from holdgate.signing import read_signature, verify_record
 from holdgate.stream.core import Decision
 from holdgate.stream.edges import RawRecord
 from holdgate.stream.logread import LogRecord, offset_bounds, open_consumer, partition_count, scan
@@ -127,8 +127,8 @@ def explain(settings: Settings, request_id: str, *, trust: TrustStore,
         if hit is None:
             return None
         record, verdict = hit
-        kid, sig = read_signature(record.headers)
-        why = trust.verify(kid, record.value or b"", sig)
+        kid, _ = read_signature(record.headers)
+        why = verify_record(trust, record.value or b"", record.headers)
         status = "valid" if why is None else "invalid" if len(trust) else "unverified"
         out = Explanation(
             request_id=request_id, verdict=verdict,

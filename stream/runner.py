@@ -28,7 +28,7 @@ from holdgate.routing import partition_for
 from holdgate.stream import core
 from holdgate.stream.core import Action, Decision, Snapshot
 from holdgate.stream.edges import (Outgoing, RawRecord, Rejected, dead_letter, decode,
-                                   rejected_decision, seal)
+                                   rejected_decision, seal, sign_verdicts)
 from holdgate.stream.holds import HOLD_MAX, PENDING_PREFIX, lift, pending_entry, pending_key
 from holdgate.stream.marks import MARK_KEY, PartitionMark, PartitionMarks
 from holdgate.stream.state import BatchStates, StateStore, Writes, idle_agents
@@ -80,10 +80,19 @@ class Runner:
     def run(self, records: Sequence[RawRecord], *, decided_at: float) -> BatchOutput:
         """Decide one batch; `decided_at` is the driver's clock for this batch."""
         try:
-            return self._run(records, decided_at)
+            out = self._run(records, decided_at)
         except Exception as exc:  # a bug must deny, never crash the driver or drop records
             log.exception("decision batch failed; denying %d record(s)", len(records))
-            return self._fail(records, exc, decided_at)
+            out = self._fail(records, exc, decided_at)
+        if self.signer is not None and out.verdicts:
+            t0 = time.perf_counter()
+            try:
+                out.verdicts = sign_verdicts(self.signer, out.verdicts)
+            except Exception:  # unsigned verdicts still deny: no reader acts on them
+                log.exception("signing %d verdict(s) failed; they go out unsigned",
+                              len(out.verdicts))
+            self.timings["seal"] += time.perf_counter() - t0
+        return out
 
     def _run(self, all_records: Sequence[RawRecord], decided_at: float) -> BatchOutput:
         snapshot = self.snapshot
@@ -179,8 +188,7 @@ class Runner:
             out.sources.append(raw)
         if self.sealing:
             at = raw.decided_at if raw.decided_at is not None else decided_at
-            out.verdicts.append(seal(decision, decided_at=at, ttl=self.verdict_ttl,
-                                     signer=self.signer, seq=seq))
+            out.verdicts.append(seal(decision, decided_at=at, ttl=self.verdict_ttl, seq=seq))
         if decision.allowed:
             out.allowed += 1
         else:

@@ -5,7 +5,7 @@ own process: whoever controls that process could skip the check, call the
 tool with other arguments, or call it twice.  An executor does not take the
 runtime's word.  It runs an action only after verifying, on the exact bytes,
 
-1. the verdict record is signed (hg-sig / hg-kid) by a key it trusts
+1. the verdict record is signed (hg-sig / hg-kid, and hg-proof for a batch) by a key it trusts
    (`TrustStore`: several at once while keys rotate);
 2. the verdict is an allow, and now < its ``expires_at``;
 3. the action bytes it was handed decode to the request the verdict names
@@ -43,7 +43,7 @@ from holdgate.executor.refusals import ExecutionRefused, Refusal
 from holdgate.executor.replay import Claim, ReplayStore
 from holdgate.keys import TrustStore
 from holdgate.settings import Settings
-from holdgate.signing import read_signature
+from holdgate.signing import read_signature, verify_record
 
 __all__ = ["MAX_ACTION_BYTES", "Authorized", "Executor", "Handler", "SignedRecord"]
 
@@ -132,7 +132,7 @@ class Executor:
         if kid not in self.trust:
             _refuse(r.UNKNOWN_KEY, f"signed by {kid!r}, not one of the trusted keys "
                                    f"{self.trust.key_ids}")
-        problem = self.trust.verify(kid, value, sig)
+        problem = verify_record(self.trust, value, proof.headers)
         if problem is not None:
             _refuse(r.BAD_SIGNATURE, problem)
         try:

@@ -207,3 +207,18 @@ def test_an_executor_without_keys_is_a_config_error(replay_path: Path) -> None:
 def test_every_refusal_code_is_distinct() -> None:
     assert len(set(r.CODES)) == len(r.CODES)
     assert NOW > 0 and SIG_HEADER == "hg-sig"
+
+
+def test_a_batch_signed_verdict_runs_and_a_proof_from_its_batch_mate_does_not(
+        executor: Executor, signer: Signer) -> None:
+    """The worker signs a micro-batch once; each verdict proves itself with its Merkle path."""
+    from holdgate.signing import sign_batch
+    made = [make(signer, amount=100 + i) for i in range(3)]
+    headers = sign_batch(signer, [m.signed.value for m in made])
+    mixed = SignedVerdict(made[0].signed.value, headers[1], made[0].verdict)
+    tool = Tool()
+    assert refused(executor, mixed, made[0].action, tool).code == r.BAD_SIGNATURE
+    for m, h in zip(made, headers):
+        assert executor.execute(SignedVerdict(m.signed.value, h, m.verdict), m.action, tool) \
+            == f"refunded {m.request.context['amount_cents']}"
+    assert [t.request_id for t in tool.runs] == [m.request.request_id for m in made]

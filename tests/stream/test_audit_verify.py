@@ -171,3 +171,27 @@ def test_blind_spot_a_cut_tail_with_a_rewritten_header() -> None:
     cut = _clean()
     del cut[5]
     assert any("ends at seq 3, the header says 4" in p for p in _problems(_reseal(cut)))
+
+
+def _batch_signed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same records signed as one worker batch: one signature, a proof each."""
+    from holdgate.signing import PROOF_HEADER, sign_batch
+    values = [base64.b64decode(r["verdict"]["value_b64"]) for r in records]
+    for r, headers in zip(records, sign_batch(SIGNER, values)):
+        h = dict(headers)
+        r["verdict"]["sig_b64"] = base64.b64encode(h["hg-sig"]).decode()
+        r["verdict"]["proof_b64"] = base64.b64encode(h[PROOF_HEADER]).decode()
+    return records
+
+
+def test_batch_signed_verdicts_verify_and_a_moved_proof_does_not() -> None:
+    records = _batch_signed([_record(0, o, o) for o in range(4)])
+    report = verify_audit(_file(records, {0: 4}), TRUST)
+    assert report.ok, report.problems
+    assert report.key_ids == {SIGNER.key_id: 4}
+    swapped = _batch_signed([_record(0, o, o) for o in range(4)])
+    swapped[1]["verdict"]["proof_b64"] = swapped[2]["verdict"]["proof_b64"]
+    assert any("line 3: verdict signature" in p for p in _problems(_file(swapped, {0: 4})))
+    garbled = _batch_signed([_record(0, o, o) for o in range(4)])
+    garbled[0]["verdict"]["proof_b64"] = "%%%"
+    assert any("proof_b64 is malformed" in p for p in _problems(_file(garbled, {0: 4})))

@@ -242,3 +242,20 @@ def test_verdicts_are_numbered_per_partition_across_batches(engine: PolicyEngine
             seqs.setdefault(v.partition, []).append(orjson.loads(v.value)["seq"])
     assert all(s == list(range(len(s))) for s in seqs.values()) and sum(map(len,
                                                                             seqs.values())) == 12
+
+
+def test_a_batch_is_signed_once_and_each_verdict_verifies_alone(engine: PolicyEngine) -> None:
+    from holdgate.keys import TrustStore
+    from holdgate.signing import PROOF_HEADER, read_proof, verify_record
+    trust = TrustStore([SIGNER.public_key])
+    pipe = Pipeline(engine)
+    batch = pipe.run([pipe.record(r) for r in _runaway(40)])
+    assert len(batch.verdicts) == 40
+    assert len({dict(v.headers)["hg-sig"] for v in batch.verdicts}) == 1
+    assert all(read_proof(v.headers) is not None for v in batch.verdicts)
+    assert all(verify_record(trust, v.value, v.headers) is None for v in batch.verdicts)
+    pipe.now += 60
+    [single] = pipe.run([pipe.record(_req("x-bot", "tickets.read", "Ticket", "t", pipe.now,
+                                          999))]).verdicts
+    assert PROOF_HEADER not in dict(single.headers)                  # alone: signed plainly
+    assert verify_record(trust, single.value, single.headers) is None
