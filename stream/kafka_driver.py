@@ -14,6 +14,10 @@ lost state is told from a normal restart.  Actions are read with ``read_committe
 aborted producer transaction is never decided and its markers are just offsets
 the consumer steps over.
 
+Lanes: the loop only fetches; each partition's lane decides and commits its
+own batches, one after another, without waiting for other partitions
+(`holdgate.stream.lane_batches` says why and how).
+
 Fencing: every actions partition has its own transactional ids
 (``<app_id>.decide.<partition>.{a,b}``).  A worker taking a partition over
 starts producers with those ids, which fences the previous owner (a zombie's
@@ -57,19 +61,17 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import (InvalidProducerEpoch, ProducerFenced,
-                             TransactionalIdAuthorizationFailed)
 
 from holdgate.controls import Control, Controls
 from holdgate.kafka_options import aiokafka_options
 from holdgate.settings import Settings
 from holdgate.status import WorkerStatus
 from holdgate.stream.core import Snapshot
-from holdgate.stream.edges import RawRecord
 from holdgate.stream.heap import settle
 from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_producers,
                                    unless_set)
-from holdgate.stream.lanes import Lane, LanePreparation
+from holdgate.stream.lane_batches import CLOSE_BOUND, LaneBatches
+from holdgate.stream.lanes import Lane
 from holdgate.stream.metrics import DriverStats, WorkerMetrics
 from holdgate.stream.offsets import GroupOffsets
 from holdgate.stream.runner import BatchOutput, Runner
@@ -81,18 +83,6 @@ from holdgate.stream.store import RocksStore
 __all__ = ["KafkaDriver", "DriverStats"]
 
 log = logging.getLogger("holdgate.worker")
-
-_FENCED = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
-COMMIT_GRACE = 2.0      # seconds a batch still committing gets once stop() was called
-CLOSE_BOUND = 1.5       # seconds each close step may take while stopping
-
-
-def _append_time(record: Any) -> float | None:
-    """The broker's LogAppendTime in seconds, or None without a usable one."""
-    if record.timestamp is None or record.timestamp_type != 1:
-        return None
-    return record.timestamp / 1000.0
-
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, driver: KafkaDriver) -> None:
@@ -107,8 +97,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.driver._assign({tp.partition for tp in assigned})
 
 
-class KafkaDriver(LanePreparation):
-    """Runs until `stop()`: consume, decide (one runner), commit per partition, repeat."""
+class KafkaDriver(LaneBatches):
+    """Runs until `stop()`: consume; each partition's lane decides and commits on its own."""
 
     def __init__(self, settings: Settings, runner: Runner, store: RocksStore, *,
                  instance_id: str | None = None,
@@ -123,7 +113,6 @@ class KafkaDriver(LanePreparation):
         self.stats = DriverStats()
         self.broker = BrokerWatch(settings.bootstrap)
         self._lanes: dict[int, Lane] = {}
-        self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._topic = settings.actions_topic
@@ -242,8 +231,8 @@ class KafkaDriver(LanePreparation):
         if self.broker.down_since is None:     # the last batches' offsets, if it is quick
             await bounded(self.offsets.flush(), 2.0, "final group offset commit")
         for lane in self._lanes.values():
-            if lane.task is not None:
-                lane.task.cancel()
+            for task in [t for t in (lane.task, lane.drain) if t is not None]:
+                task.cancel()
         closing: list[Awaitable[Any]] = [self._close_lane(p) for p in list(self._lanes)]
         if self._consumer is not None:      # static member: its partitions wait for it
             closing.append(bounded(self._consumer.stop(), CLOSE_BOUND, "consumer stop"))
@@ -251,6 +240,7 @@ class KafkaDriver(LanePreparation):
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
+        """Fetch, and hand each partition's records to its lane (`LaneBatches`)."""
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping.is_set():
@@ -258,154 +248,8 @@ class KafkaDriver(LanePreparation):
                 timeout_ms=200, max_records=self.settings.batch_max))
             if fetch is None:
                 break
-            batches = fetch.result()
-            if batches and not await self._decide_unless_stopped(batches):
-                break
-
-    async def _decide_unless_stopped(self, batches: dict[TopicPartition, list[Any]]) -> bool:
-        """Decide and commit; on stop() a commit gets COMMIT_GRACE, then is abandoned.
-
-        Abandoned is a crash to Kafka: the transaction is aborted (bounded) or
-        fenced by the next owner, nothing was applied locally, it is decided again.
-        """
-        async def decide() -> None:
-            async with self._lock:
-                await self._decide(batches)
-
-        work = asyncio.ensure_future(decide())
-        if await unless_set(self._stopping, asyncio.shield(work)) is not None:
-            work.result()
-            return True
-        if await bounded(work, COMMIT_GRACE, "in-flight batch"):
-            return False
-        lifecycle.info("stopping: gave up a batch still committing after %.0fs (broker "
-                       "unreachable?); it will be decided again", COMMIT_GRACE)
-        return False
-
-    async def _decide(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        decided_at = time.time()
-        jobs = []
-        per_lane: dict[int, list[RawRecord]] = {}
-        # Actions first, approvals after: a token in the same fetch as the action it
-        # approves finds its hold (the runner orders them the same way).
-        for tp, records in sorted(batches.items(), key=lambda kv: kv[0].topic != self._topic):
-            lane = self._lanes.get(tp.partition)
-            if lane is None or not lane.ready or not records:
-                continue          # not ours (any more): its new owner decides them
-            start = lane.position if tp.topic == self._topic else lane.approvals_position
-            if start is not None and records[0].offset < start:
-                records = [r for r in records if r.offset >= start]
-            per_lane.setdefault(tp.partition, []).extend(
-                RawRecord(key=r.key, value=r.value, partition=tp.partition, offset=r.offset,
-                          topic=tp.topic, timestamp=_append_time(r),
-                          headers=tuple(r.headers or ())) for r in records)
-        for p, raws in per_lane.items():
-            if not raws:
-                continue
-            lane = self._lanes[p]
-            t0 = time.perf_counter()
-            out = self.runner.run(raws, decided_at=decided_at)
-            if time.monotonic() >= lane.sweep_due:
-                lane.sweep_due = time.monotonic() + self._sweep_interval()
-                sweep = self.runner.sweep(p)
-                if sweep:
-                    out.writes.setdefault(p, {}).update(sweep)
-            jobs.append(self._commit_or_redo(lane, out, raws, time.perf_counter() - t0))
-        if jobs:
-            await asyncio.gather(*jobs)
-
-    async def _commit_or_redo(self, lane: Lane, out: BatchOutput, raws: list[RawRecord],
-                              decide_seconds: float) -> None:
-        """Commit; a batch whose allow outlived its deadline is decided again, now.
-
-        An allow decided in time but committed after its request's deadline would
-        reach a runtime that already gave up (and any executor following the
-        verdicts).  `_commit` aborts such a batch instead; nothing of it was
-        applied, so deciding the same records again at the current time gives
-        their EXPIRED denies (and the rest the same answers, one transaction).
-        """
-        # Ends: each round decides at a later time, so a late allow is EXPIRED the next.
-        while not await self._commit(lane, out, raws, decide_seconds):
-            self.stats.redone += 1
-            if not lane.ready or self._stopping.is_set():
-                return
-            t0 = time.perf_counter()
-            out = self.runner.run(raws, decided_at=time.time())
-            decide_seconds = time.perf_counter() - t0
-
-    def _sweep_interval(self) -> float:
-        return max(60.0, min(3600.0, self.settings.idle_ttl / 24))
-
-    async def _commit(self, lane: Lane, out: BatchOutput, raws: list[RawRecord],
-                      decide_seconds: float) -> bool:
-        """One transaction: verdicts + dead letters + state, then the local store.
-
-        False: aborted because an allow's deadline passed before the commit; the
-        caller decides the batch again.  True: committed, or lost (re-preparing).
-        """
-        s, p = self.settings, lane.partition
-        producer = lane.producers[lane.turn]
-        writes = out.writes.get(p, {})
-        due = min((d.deadline for d in out.decisions if d.allowed and d.deadline is not None),
-                  default=None)
-        t0 = time.perf_counter()
-        try:
-            await producer.begin_transaction()
-            lane.in_txn = True
-            sends = [await producer.send(s.verdicts_topic, v.value, key=v.key,
-                                         partition=v.partition, headers=list(v.headers))
-                     for v in out.verdicts]
-            sends += [await producer.send(s.deadletter_topic, letter, partition=0)
-                      for letter in out.deadletters]
-            state_sends = [await producer.send(s.changelog_topic, value, key=key.encode(),
-                                               partition=p) for key, value in writes.items()]
-            await asyncio.gather(*sends, *state_sends)
-            if due is not None and time.time() > due:
-                await producer.abort_transaction()
-                lane.in_txn = False
-                lane.turn ^= 1            # the other id: no wait for this one's markers
-                return False
-            await producer.commit_transaction()
-            lane.in_txn = False
-        except Exception as exc:  # noqa: BLE001 - any failure: this batch did not happen
-            self.stats.aborted += 1
-            self.stats.fenced += isinstance(exc, _FENCED)
-            await self._lost_batch(lane, exc)
-            return True
-        commit_seconds = time.perf_counter() - t0
-        lane.turn ^= 1
-        self.offsets.due({TopicPartition(topic, part): offset
-                          for (topic, part), offset in out.offsets.items()})
-        checkpoint = max(f.result().offset for f in state_sends) if state_sends else None
-        self.store.apply(p, writes, checkpoint)
-        lane.position = out.offsets.get((self._topic, p), lane.position)
-        lane.approvals_position = out.offsets.get((self._approvals, p),
-                                                  lane.approvals_position)
-        self.stats.count(out)
-        committed_at = time.time()
-        if self.metrics is not None:
-            self.metrics.batch(raws, self._topic, decide_seconds, commit_seconds, committed_at)
-        if self.on_batch is not None:
-            self.on_batch(out, committed_at)
-        return True
-
-    async def _lost_batch(self, lane: Lane, exc: BaseException) -> None:
-        """The transaction failed: nothing of the batch is visible; take the lane again."""
-        p = lane.partition
-        if isinstance(exc, _FENCED):
-            log.warning("partition %d: fenced by another worker (%s); leaving it to its new "
-                        "owner", p, type(exc).__name__)
-        else:
-            log.warning("partition %d: batch transaction failed (%r); re-preparing the "
-                        "partition, the batch will be decided again", p, exc)
-            self.broker.suspect(f"batch transaction failed: {exc!r}")
-        lane.ready, lane.in_txn = False, False
-        lane.status = "re-preparing after a failed batch transaction"
-        if self._consumer is not None and p in self._lanes:
-            self._consumer.pause(*self._tps(p))
-        await self._close_producers(lane)
-        if not isinstance(exc, _FENCED) and p in self._lanes:
-            lane.task = asyncio.ensure_future(self._prepare(lane, delay=0.5))
+            self._dispatch(fetch.result())
+        await self._finish_lanes()
 
     # ------------------------------------------------------------------ rebalancing
     def _assign(self, partitions: set[int]) -> None:
@@ -423,16 +267,21 @@ class KafkaDriver(LanePreparation):
         return [TopicPartition(self._topic, p), TopicPartition(self._approvals, p)]
 
     async def _revoke(self, partitions: set[int]) -> None:
-        async with self._lock:             # no batch of these partitions is in flight
-            # what they committed goes to the group before they leave (best effort: the
-            # next owner resumes from the marks anyway)
-            await self.offsets.flush(set(partitions))
-            for p in sorted(partitions):
-                lane = self._lanes.get(p)
-                if lane is not None and lane.task is not None:
-                    lane.task.cancel()
-            await asyncio.gather(*(self._close_lane(p) for p in partitions),
-                                 return_exceptions=True)
+        lanes = [lane for p in sorted(partitions) if (lane := self._lanes.get(p)) is not None]
+        for lane in lanes:
+            lane.ready = False            # no new batch starts; one committing finishes
+            lane.backlog.clear()
+        busy = [lane.drain for lane in lanes if lane.drain is not None and not lane.drain.done()]
+        if busy:
+            await asyncio.wait(busy)
+        # what they committed goes to the group before they leave (best effort: the
+        # next owner resumes from the marks anyway)
+        await self.offsets.flush(set(partitions))
+        for lane in lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+        await asyncio.gather(*(self._close_lane(p) for p in partitions),
+                             return_exceptions=True)
         log.info("revoked actions partitions %s", sorted(partitions))
         self.status.changed()
 

@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from holdgate.kafka_options import aiokafka_options
+from holdgate.stream.edges import RawRecord
 from holdgate.stream.health import bounded
 from holdgate.stream.marks import MARK_KEY, PartitionMark
 from holdgate.stream.restore import restore
@@ -60,8 +61,12 @@ class Lane:
     ready: bool = False
     status: str = "waiting to be prepared"   # what /readyz says while not ready
     in_txn: bool = False             # a batch transaction is open on producers[turn]
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None          # preparing the lane
     sweep_due: float = 0.0
+    #: Records fetched while a batch commits: the lane's next batch (`KafkaDriver._drain`).
+    backlog: list[RawRecord] = field(default_factory=list)
+    drain: asyncio.Task[None] | None = None         # deciding and committing the backlog
+    throttled: bool = False          # paused in the consumer while the backlog is full
 
 
 async def _seek(consumer: AIOKafkaConsumer, tp: Any, start: int | None) -> int | None:
