@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from aiokafka import TopicPartition
+from test_driver_commit import SlowProducer
 
 from holdgate.events import ActionRequest, decode_verdict, encode
 from holdgate.keys import Signer
@@ -28,29 +29,16 @@ AGENTS = {p: next(f"support-bot-{i}" for i in range(100)
                   if partition_for(f"support-bot-{i}", PARTS) == p) for p in range(PARTS)}
 
 
-class GatedProducer:
+class GatedProducer(SlowProducer):
     """A transactional producer whose commits wait for `gate` (set: commit at once)."""
 
     def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__(delay=0.0)
         self.gate = gate
-        self.committed: list[list[tuple[str, bytes | None]]] = []
-        self._open: list[tuple[str, bytes | None]] = []
-
-    async def begin_transaction(self) -> None:
-        self._open = []
-
-    async def send(self, topic: str, value: bytes | None, **_: Any) -> asyncio.Future[Any]:
-        self._open.append((topic, value))
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(type("M", (), {"offset": len(self._open)}))
-        return done
 
     async def commit_transaction(self) -> None:
         await self.gate.wait()
-        self.committed.append(self._open)
-
-    async def abort_transaction(self) -> None:
-        pass
+        await super().commit_transaction()
 
 
 class Consumer:
