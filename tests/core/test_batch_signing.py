@@ -151,6 +151,6 @@ def test_remembered_heads_skip_the_check_but_never_pass_another_signature() -> N
     bad = tuple((k, bytes(64)) if k == SIG_HEADER else (k, v) for k, v in headers[0])
     assert "does not verify" in (verify_record(trust, values[0], bad) or "")
     assert calls == 2
-    for i in range(TrustStore.REMEMBER + 10):                 # the memory stays bounded
+    for _ in range(TrustStore.REMEMBER + 10):                 # the memory stays bounded
         trust.verify(SIGNER.key_id, b"x", b"s", remember=True)
     assert len(trust._verified) <= TrustStore.REMEMBER
