@@ -13,14 +13,16 @@ unreachable gate: those are denies (fail closed).  ``check(...,
 with_proof=True)`` returns a `Checked` (the verdict, the action bytes and the
 worker's signed record) for an executor that verifies on its own
 (`holdgate.executor`).  `guard()` turns a deny into
-`ActionDenied`.  `AsyncGate` is the asyncio twin; it is imported lazily so that
-sync users never load aiokafka.  Importing this package never imports faust,
-numpy, scikit-learn or cedarpy.
+`ActionDenied`.  `AsyncGate` is the asyncio twin.  Both run on aiokafka, which
+is loaded only when the first gate is made (`AsyncGate` is imported lazily).
+Importing this package never imports faust, numpy, scikit-learn, cedarpy or
+aiokafka.
 
 Layout: `core` is the protocol with no I/O (`steps` its vocabulary), which
-`sync.Gate` (threads, `baton`) and `aio.AsyncGate` drive over a transport
-(`transport`: the seam; `kafka_sync`, `kafka_async`: kafka-python and aiokafka;
-`mock`: an in-memory broker for tests).  `verify`, `routing` and `proof` are shared.
+`aio.AsyncGate` drives over a transport (`transport`: the seam;
+`kafka_async`: aiokafka; `mock`: an in-memory broker for tests).  `sync.Gate`
+is a blocking facade over an `AsyncGate` on a private event-loop thread
+(`loop`).  `verify`, `routing` and `proof` are shared.
 """
 from __future__ import annotations
 

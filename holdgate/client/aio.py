@@ -9,8 +9,9 @@ a check itself only sends and awaits its future, so there is no thread hop.
 
 A check that gives up (timeout, cancellation) with its action still
 unacknowledged fences the producer before it returns: the action is dropped,
-never delivered late.  This is the only module, with `kafka_async`, that
-imports aiokafka.
+never delivered late.  The blocking `Gate` (`holdgate.client.sync`) is this
+gate on an event loop of its own, so this is the one driver of the protocol.
+This is the only module, with `kafka_async`, that imports aiokafka.
 """
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ class AsyncGate:
         self._core = GateCore(config, name="AsyncGate", agent_id=agent_id,
                               default_timeout=default_timeout)
         if transport is None:
-            transport = AioKafkaTransport(config, ClientTimeouts.for_gate(
-                default_timeout=default_timeout, connect_timeout=connect_timeout,
-                linger_ms=linger_ms), linger_ms=linger_ms)
+            transport = AioKafkaTransport(
+                config, ClientTimeouts.for_gate(default_timeout=default_timeout),
+                linger_ms=linger_ms)
         self._transport = transport
         self._connect_timeout = connect_timeout
         self._slice = max(0.001, poll_interval)

@@ -1,14 +1,14 @@
 """The gate protocol with no I/O: what both gates do, as a plain state machine.
 
-`Gate` (threads, kafka-python) and `AsyncGate` (asyncio, aiokafka) differ
-only in how they wait and which client they drive.  Everything that decides
-something lives here, once, in the manner of h11: the drivers feed in events
-("the consumer opened", "these records arrived", "this send failed", "the
-check's time is up") and carry out what the core answers ("send to partition
-3 through this producer", "deny", "fence this producer", "open a producer").
-No sockets, threads, locks or event loop; the clock is injected, so the core
-is tested directly (tests/client/test_core.py) and the drivers through a fake
-transport (`holdgate.client.mock`).  The vocabulary lives in `steps`.
+Everything that decides something lives here, once, in the manner of h11.
+Its driver, `AsyncGate` (which the blocking `Gate` runs on a thread of its
+own), only waits and drives aiokafka: it feeds in events ("the consumer
+opened", "these records arrived", "this send failed", "the check's time is
+up") and carries out what the core answers ("send to partition 3 through this
+producer", "deny", "fence this producer", "open a producer").  No sockets,
+threads, locks or event loop; the clock is injected, so the core is tested
+directly (tests/client/test_core.py) and the gates through a fake transport
+(`holdgate.client.mock`).  The vocabulary lives in `steps`.
 
 The rules it keeps:
 
@@ -30,7 +30,7 @@ The rules it keeps:
   failure, checks are denied UNAVAILABLE at once; a setup failure is answered
   from cache for `RETRY_AFTER` seconds instead of being retried per check.
 
-Not thread-safe by design: the blocking gate calls it under one lock.
+Not thread-safe by design: only the gate's event loop calls it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The asyncio gate's Kafka I/O over aiokafka: the `AsyncTransport` seam, implemented.
+"""The gates' Kafka I/O over aiokafka: the `AsyncTransport` seam, implemented.
 
 Why it touches two aiokafka internals, both in `fence()`:
 
@@ -16,7 +16,8 @@ Why it touches two aiokafka internals, both in `fence()`:
 aiokafka's ``assign()`` forgets the positions of partitions it already had,
 so extending the assignment re-seeks those to where they were.
 
-Only `holdgate.client.aio` imports this module (sync users never load aiokafka).
+Only `holdgate.client.aio` imports this module, and `Gate` imports that when the
+first gate is made: importing `holdgate.client` does not load aiokafka.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class AioKafkaTransport(AsyncTransport):
         producer = AIOKafkaProducer(
             bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id,
             acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
-            request_timeout_ms=self.timeouts.aio_request_ms, **self.config.security.aiokafka())
+            request_timeout_ms=self.timeouts.request_ms, **self.config.security.aiokafka())
         try:
             await producer.start()
         except BaseException:

@@ -58,7 +58,7 @@ class GateMetrics:
 
 @dataclass
 class CheckCounters:
-    """Live counters, updated by `GateCore` under the gate's own lock (not thread-safe)."""
+    """Live counters, updated by `GateCore` on the gate's event loop (not thread-safe)."""
 
     checks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("allow", "deny", "pending"), 0))

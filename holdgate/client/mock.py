@@ -2,8 +2,9 @@
 
 The test seam of the SDK, in the spirit of ``httpx.MockTransport``: a
 `MockBroker` holds the actions log and the verdict partitions, a *handler*
-plays the worker, and `MockTransport` / `AsyncMockTransport` hand the gates
-producer and consumer sessions over it::
+plays the worker, and `MockTransport` hands either gate producer and consumer
+sessions over it (both gates run on an event loop: `Gate` on its own thread's,
+see `holdgate.client.sync`; `AsyncMockTransport` is the same class)::
 
     def worker(request: ActionRequest) -> Verdict | bytes | None:
         return sign(allow(request), KEY)          # None: stay silent
@@ -16,7 +17,9 @@ sessions cannot be opened, sends are *held* unacknowledged, and when it comes
 back every held record of a producer that was not fenced is delivered — late,
 exactly what a real producer would do, which is what the gate must prevent.
 `actions` keeps each delivered record with its append time, like a topic with
-``message.timestamp.type=LogAppendTime``.
+``message.timestamp.type=LogAppendTime``.  A delivery report reaches the gate
+on the producer's event loop, as aiokafka's do, whichever thread caused it (a
+test calling `start` from its own thread while a `Gate` runs on another).
 """
 from __future__ import annotations
 
@@ -26,9 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
-from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport, Consumer,
-                                       OnDelivery, Producer, Received, Transport,
-                                       TransportError)
+from holdgate.client.transport import (AsyncConsumer, AsyncProducer, AsyncTransport,
+                                       OnDelivery, Received, TransportError)
 from holdgate.events import ActionRequest, Verdict, decode_request, encode
 from holdgate.keys import Signer
 from holdgate.signing import sign_headers
@@ -64,7 +66,7 @@ class MockBroker:
         self.poll_error: TransportError | None = None    # raised once by the next poll
         self.opened = {"consumer": 0, "producer": 0}
         self._cond = threading.Condition()
-        self._held: list[tuple[_Session, int, bytes, bytes, OnDelivery]] = []
+        self._held: list[tuple[_Producer, int, bytes, bytes, OnDelivery]] = []
         self._listeners: set[Callable[[], None]] = set()
 
     # ------------------------------------------------------------------ test controls
@@ -111,7 +113,7 @@ class MockBroker:
             self._require_running(f"cannot open a {what}")
             self.opened[what] += 1
 
-    def _produce(self, producer: _Session, partition: int, key: bytes, value: bytes,
+    def _produce(self, producer: _Producer, partition: int, key: bytes, value: bytes,
                  on_delivery: OnDelivery) -> None:
         if producer.fenced:
             raise TransportError("the producer was fenced")
@@ -123,7 +125,7 @@ class MockBroker:
                 return
         self._deliver(partition, key, value, on_delivery)
 
-    def _fence(self, producer: _Session) -> None:
+    def _fence(self, producer: _Producer) -> None:
         with self._cond:
             producer.fenced = True
             dropped = [h for h in self._held if h[0] is producer]
@@ -166,69 +168,16 @@ class MockBroker:
         return {}
 
 
-class _Session:
-    """What producers of both flavours share: a broker and whether they were fenced."""
+class _Producer(AsyncProducer):
+    """A producer session: its broker, its loop, and whether it was fenced."""
 
     def __init__(self, broker: MockBroker) -> None:
         self.broker, self.fenced = broker, False
+        self.loop = asyncio.get_running_loop()
 
-
-class _Producer(_Session, Producer):
-    def send(self, partition: int, key: bytes, value: bytes, on_delivery: OnDelivery) -> None:
-        self.broker._produce(self, partition, key, value, on_delivery)
-
-    def prepare(self, timeout: float) -> None:
-        self.broker._counts(())
-
-    def fence(self) -> None:
-        self.broker._fence(self)
-
-
-class _Consumer(Consumer):
-    def __init__(self, broker: MockBroker) -> None:
-        self.broker = broker
-        self.positions: dict[int, int] = {}
-
-    def partition_counts(self, topics: Sequence[str], timeout: float) -> Mapping[str, int]:
-        return self.broker._counts(topics)
-
-    def assign(self, partitions: Collection[int], timeout: float) -> Mapping[int, str]:
-        return self.broker._assign(self.positions, partitions)
-
-    def poll(self, timeout: float) -> list[Received]:
-        with self.broker._cond:
-            end = time.monotonic() + timeout
-            while not (out := self.broker._take(self.positions)):
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                self.broker._cond.wait(left)
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-class MockTransport(Transport):
-    """`Transport` over a `MockBroker` (made from `handler` unless `broker` is given)."""
-
-    def __init__(self, handler: Handler | None = None, *, partitions: int = 2,
-                 broker: MockBroker | None = None) -> None:
-        self.broker = broker or MockBroker(handler, partitions=partitions)
-
-    def open_consumer(self, timeout: float) -> Consumer:
-        self.broker._open("consumer")
-        return _Consumer(self.broker)
-
-    def open_producer(self, timeout: float) -> Producer:
-        self.broker._open("producer")
-        return _Producer(self.broker)
-
-
-class _AsyncProducer(_Session, AsyncProducer):
     async def send(self, partition: int, key: bytes, value: bytes,
                    on_delivery: OnDelivery) -> None:
-        self.broker._produce(self, partition, key, value, on_delivery)
+        self.broker._produce(self, partition, key, value, self._on_loop(on_delivery))
 
     async def prepare(self) -> None:
         self.broker._counts(())
@@ -236,8 +185,25 @@ class _AsyncProducer(_Session, AsyncProducer):
     def fence(self) -> None:
         self.broker._fence(self)
 
+    def _on_loop(self, on_delivery: OnDelivery) -> OnDelivery:
+        """`on_delivery`, called on this session's loop (inline when already there)."""
+        def report(error: TransportError | None) -> None:
+            try:
+                here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is self.loop:
+                on_delivery(error)
+                return
+            try:
+                self.loop.call_soon_threadsafe(on_delivery, error)
+            except RuntimeError:          # its loop is closed: nobody waits for it any more
+                pass
 
-class _AsyncConsumer(AsyncConsumer):
+        return report
+
+
+class _Consumer(AsyncConsumer):
     def __init__(self, broker: MockBroker) -> None:
         self.broker = broker
         self.positions: dict[int, int] = {}
@@ -276,7 +242,7 @@ class _AsyncConsumer(AsyncConsumer):
         pass
 
 
-class AsyncMockTransport(AsyncTransport):
+class MockTransport(AsyncTransport):
     """`AsyncTransport` over a `MockBroker` (made from `handler` unless `broker` is given)."""
 
     def __init__(self, handler: Handler | None = None, *, partitions: int = 2,
@@ -285,8 +251,12 @@ class AsyncMockTransport(AsyncTransport):
 
     async def open_consumer(self) -> AsyncConsumer:
         self.broker._open("consumer")
-        return _AsyncConsumer(self.broker)
+        return _Consumer(self.broker)
 
     async def open_producer(self) -> AsyncProducer:
         self.broker._open("producer")
-        return _AsyncProducer(self.broker)
+        return _Producer(self.broker)
+
+
+#: The same transport under the name the asyncio gate's tests knew it by.
+AsyncMockTransport = MockTransport

@@ -1,7 +1,6 @@
 """The seam between the protocol core and a Kafka client library.
 
-A gate needs very little from Kafka, and the little it needs is the same for
-kafka-python (threads) and aiokafka (asyncio):
+A gate needs very little from Kafka:
 
 * a **consumer** of the verdicts topic, read_committed, manually assigned to
   the verdict partitions of the gate's agents, each new one positioned at its
@@ -12,12 +11,15 @@ kafka-python (threads) and aiokafka (asyncio):
 * opening either one again after it broke (a broker restart, a fatal
   idempotent-producer state).
 
-`Transport` and `AsyncTransport` spell that out for the two gates.  A gate
-holds a producer and a consumer *handle*; a fenced or broken handle is thrown
-away and a new one opened, so its identity is the "generation" the core uses
-to tell a current failure from a stale one.  The Kafka adapters live in
-`holdgate.client.kafka_sync` and `holdgate.client.kafka_async`; an in-memory
-fake for tests lives in `holdgate.client.mock`.
+`AsyncTransport` spells that out, in asyncio, for `AsyncGate`; the blocking
+`Gate` runs an `AsyncGate` on an event loop of its own, so it takes the same
+transports (the blocking flavour of this seam, over kafka-python, is gone:
+its network thread cost a thread hop per fetch, see `holdgate.client.sync`).
+A gate holds a producer and a consumer *handle*; a fenced or broken handle is
+thrown away and a new one opened, so its identity is the "generation" the
+core uses to tell a current failure from a stale one.  The Kafka adapter lives in
+`holdgate.client.kafka_async`; an in-memory fake for tests lives in
+`holdgate.client.mock`.
 
 `ClientTimeouts` derives the Kafka clients' own timeouts from the gate's, in
 one place, with the reasons.
@@ -34,8 +36,8 @@ from holdgate.errors import GateError
 #: One verdict record as the gate sees it: its value and its headers (the signature).
 Received = tuple["bytes | None", "tuple[tuple[str, bytes], ...]"]
 
-__all__ = ["Received", "TransportError", "OnDelivery", "Producer", "Consumer", "Transport",
-           "AsyncProducer", "AsyncConsumer", "AsyncTransport", "ClientTimeouts"]
+__all__ = ["Received", "TransportError", "OnDelivery", "AsyncProducer", "AsyncConsumer",
+           "AsyncTransport", "ClientTimeouts"]
 
 
 class TransportError(GateError):
@@ -51,65 +53,8 @@ class TransportError(GateError):
 
 
 #: Called once per sent record: None when the broker acknowledged it, else why not.
-#: May be called from any thread (kafka-python's I/O thread) or inline.
+#: Called on the gate's event loop (a done callback of the client's future) or inline.
 OnDelivery = Callable[[TransportError | None], None]
-
-
-class Producer(ABC):
-    """One producer session of the actions topic (blocking flavour)."""
-
-    @abstractmethod
-    def send(self, partition: int, key: bytes, value: bytes, on_delivery: OnDelivery) -> None:
-        """Queue one record without blocking on the network; raise `TransportError` if refused."""
-
-    @abstractmethod
-    def prepare(self, timeout: float) -> None:
-        """Load the actions topic's metadata, so that `send` never waits for it."""
-
-    @abstractmethod
-    def fence(self) -> None:
-        """Drop every record not yet acknowledged and close; idempotent, returns promptly.
-
-        After it returns no record queued here may reach the broker later
-        (a request already on the wire is the one thing no client can recall;
-        the worker's deadline check is the backstop for that).
-        """
-
-
-class Consumer(ABC):
-    """One consumer session of the verdicts topic (blocking flavour, one thread at a time)."""
-
-    @abstractmethod
-    def partition_counts(self, topics: Sequence[str], timeout: float) -> Mapping[str, int]:
-        """Partition count per topic from fresh metadata; 0 for a topic that does not exist."""
-
-    @abstractmethod
-    def assign(self, partitions: Collection[int], timeout: float) -> Mapping[int, str]:
-        """Add `partitions` at their end offset, keeping the position of those already read.
-
-        Returns an error message per partition whose position could not be
-        resolved; every other one is positioned when this returns.
-        """
-
-    @abstractmethod
-    def poll(self, timeout: float) -> list[Received]:
-        """Verdict records (value, headers), returning as soon as any arrive (or at `timeout`)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release the session; never raises."""
-
-
-class Transport(ABC):
-    """Opens producer and consumer sessions for a `Gate`; blocking calls, bounded by `timeout`."""
-
-    @abstractmethod
-    def open_consumer(self, timeout: float) -> Consumer:
-        """A connected consumer with an empty assignment; raise on failure."""
-
-    @abstractmethod
-    def open_producer(self, timeout: float) -> Producer:
-        """A connected producer (not yet prepared); raise on failure."""
 
 
 class AsyncProducer(ABC):
@@ -126,7 +71,14 @@ class AsyncProducer(ABC):
 
     @abstractmethod
     def fence(self) -> None:
-        """Like `Producer.fence`; synchronous so that a check can fence before it returns."""
+        """Drop every record not yet acknowledged and close; idempotent, returns promptly.
+
+        Synchronous, so that a check can fence before it returns: after it
+        returns no record queued here may reach the broker later (a request
+        already on the wire is the one thing no client can recall; the worker's
+        deadline check is the backstop for that).  Closing the connections may
+        go on in the background (`wait_closed`).
+        """
 
     async def wait_closed(self) -> None:  # noqa: B027 - an optional hook
         """Await the clean-up `fence()` started in the background (closing connections)."""
@@ -141,11 +93,16 @@ class AsyncConsumer(ABC):
 
     @abstractmethod
     async def assign(self, partitions: Collection[int]) -> Mapping[int, str]:
-        """Like `Consumer.assign`; the caller bounds the time."""
+        """Add `partitions` at their end offset, keeping the position of those already read.
+
+        Returns an error message per partition whose position could not be
+        resolved; every other one is positioned when this returns.  The caller
+        bounds the time.
+        """
 
     @abstractmethod
     async def poll(self, timeout: float) -> list[Received]:
-        """Like `Consumer.poll`."""
+        """Verdict records (value, headers), returning as soon as any arrive (or at `timeout`)."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -171,39 +128,20 @@ class ClientTimeouts:
     The contract is that an action is never delivered after its check has
     returned.  The first line of defence is the gate itself: a check that
     returns while its action is still unacknowledged fences the producer
-    (`Producer.fence`), whatever its timeout.  These bounds are the second
+    (`AsyncProducer.fence`), whatever its timeout.  This bound is the second
     line, so that a record cannot sit in a client for long on its own:
 
-    ``delivery_ms`` (kafka-python ``delivery_timeout_ms``) = the gate's
-        ``default_timeout``, at least 1 s.  A record older than the time a
-        check waits by default belongs to a check that has (by default) given
-        up, so the client must fail it rather than keep retrying; its failure
-        callback then replaces the producer.
-    ``request_ms`` (kafka-python ``request_timeout_ms``) = ``delivery_ms -
-        linger_ms``, the largest value kafka-python accepts
-        (``delivery >= linger + request``): one produce request may use the
-        whole budget, but never outlive it.
-    ``aio_request_ms`` (aiokafka ``request_timeout_ms``) = ``delivery_ms``.  In
-        aiokafka it bounds each produce request, ``send()``'s metadata wait
-        and the accumulator's batch expiry.  That expiry only applies to
-        batches without a known leader when the producer is idempotent (as the
-        gate's is: no duplicate actions on retry); the fence covers the rest.
-    ``max_block_ms`` (kafka-python) = ``connect_timeout``.  ``send()`` blocks
-        only when the topic's metadata is missing, and the gate loads it when it
-        opens the producer; the bound is for that load, which happens off the
-        check path.
+    ``request_ms`` (aiokafka ``request_timeout_ms``) = the gate's
+        ``default_timeout``, at least 1 s.  In aiokafka it bounds each produce
+        request, ``send()``'s metadata wait and the accumulator's batch expiry.
+        That expiry only applies to batches without a known leader when the
+        producer is idempotent (as the gate's is: no duplicate actions on
+        retry); the fence covers the rest.  A record older than the time a
+        check waits by default belongs to a check that has (by default) given up.
     """
 
-    connect: float
-    delivery_ms: int
     request_ms: int
-    aio_request_ms: int
-    max_block_ms: int
 
     @classmethod
-    def for_gate(cls, *, default_timeout: float, connect_timeout: float,
-                 linger_ms: int) -> ClientTimeouts:
-        delivery_ms = max(1000, math.ceil(default_timeout * 1000), 2 * linger_ms + 1)
-        return cls(connect=connect_timeout, delivery_ms=delivery_ms,
-                   request_ms=delivery_ms - linger_ms, aio_request_ms=delivery_ms,
-                   max_block_ms=max(1, math.ceil(connect_timeout * 1000)))
+    def for_gate(cls, *, default_timeout: float) -> ClientTimeouts:
+        return cls(request_ms=max(1000, math.ceil(default_timeout * 1000)))

@@ -91,30 +91,69 @@ def test_round_trip_publishes_bytes_with_deadline_and_binds_them() -> None:
     assert g.stats["sent"] == 2 and g.stats["verdicts"] == 2
 
 
-def test_a_lone_check_reads_its_own_verdict_without_a_thread_hop() -> None:
-    """The waiting thread polls the consumer itself (leader), it is not woken by another."""
-    pollers: set[str] = set()
+def test_a_check_hops_into_the_loop_once_and_all_client_io_stays_on_it() -> None:
+    """One thread hop in per check (and one out); the client is only driven on the loop.
+
+    What the kafka-python gate's leader/follower baton was for (no thread hop on
+    the verdict path) is now that a check enters the gate's loop exactly once,
+    and every send, poll and delivery report happens on that loop's thread.
+    """
+    threads: dict[str, set[str]] = {"poll": set(), "send": set(), "delivered": set()}
+
+    def seen(what: str) -> None:
+        threads[what].add(threading.current_thread().name)
 
     class Spy(MockTransport):
-        def open_consumer(self, timeout: float) -> Any:
-            consumer = super().open_consumer(timeout)
+        async def open_consumer(self) -> Any:
+            consumer = await super().open_consumer()
             poll = consumer.poll
 
-            def spy(t: float) -> list[bytes | None]:
-                values = poll(t)
+            async def spy(t: float) -> list[Any]:
+                values = await poll(t)
                 if values:
-                    pollers.add(threading.current_thread().name)
+                    seen("poll")
                 return values
 
             consumer.poll = spy  # type: ignore[method-assign]
             return consumer
 
+        async def open_producer(self) -> Any:
+            producer = await super().open_producer()
+            send = producer.send
+
+            async def spy(partition: int, key: bytes, value: bytes, on_delivery: Any) -> None:
+                seen("send")
+
+                def delivered(error: Any) -> None:
+                    seen("delivered")
+                    on_delivery(error)
+
+                await send(partition, key, value, delivered)
+
+            producer.send = spy  # type: ignore[method-assign]
+            return producer
+
     broker = MockBroker(worker, signer=SIGNER)
     with Gate(settings=SETTINGS, agent_id=AGENT, transport=Spy(broker=broker),
               trusted_keys=TRUST) as g:
-        for _ in range(20):
-            assert g.check(action="tickets.read", resource=TICKET).allowed
-    assert pollers == {threading.current_thread().name}
+        assert g.check(action="tickets.read", resource=TICKET).allowed   # set-up done
+        loop = g._runner.loop
+        hops: list[str] = []
+        schedule = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            if threading.current_thread() is not g._runner.thread:
+                hops.append(threading.current_thread().name)
+            return schedule(*args, **kw)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            for _ in range(20):
+                assert g.check(action="tickets.read", resource=TICKET).allowed
+        finally:
+            del loop.call_soon_threadsafe
+    assert hops == [threading.current_thread().name] * 20
+    assert threads == {k: {"holdgate-gate"} for k in threads}
 
 
 def test_many_threads_share_one_gate() -> None:
@@ -153,12 +192,21 @@ def test_without_a_fence_a_held_action_is_delivered_late() -> None:
     """The mock is faithful: a held record of an unfenced producer is delivered on restart."""
     broker = MockBroker(worker, signer=SIGNER)
     acks: list[Any] = []
-    producer = MockTransport(broker=broker).open_producer(1.0)
-    broker.stop()
-    value = encode(ActionRequest.create(agent_id=AGENT, action="tickets.read", resource=TICKET))
-    producer.send(0, AGENT.encode(), value, acks.append)
-    assert acks == [] and broker.held() == 1
-    broker.start()
+
+    async def run() -> None:
+        producer = await MockTransport(broker=broker).open_producer()
+        broker.stop()
+        value = encode(ActionRequest.create(agent_id=AGENT, action="tickets.read",
+                                            resource=TICKET))
+        await producer.send(0, AGENT.encode(), value, acks.append)
+        assert acks == [] and broker.held() == 1
+        await asyncio.to_thread(broker.start)         # from another thread, as a test does
+        for _ in range(100):
+            if acks:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
     assert acks == [None] and len(broker.actions) == 1
 
 

@@ -1,4 +1,4 @@
-"""Gate (kafka-python) against the real broker: round trips, fail-closed paths, routing."""
+"""Gate (an AsyncGate on its own loop thread) against the real broker: round trips, routing."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import pytest
-from kafka import TopicPartition
+from aiokafka import TopicPartition
 from test_sdk_responder import ALLOWED_ACTION, Responder, agents_by_partition
 
 from holdgate.client import Gate, partition_for, verify_verdict
@@ -150,11 +150,19 @@ def test_assignment_holds_only_the_agents_partitions(gate_settings: Settings,
     topic = gate_settings.verdicts_topic
     with Gate(settings=gate_settings, agent_id=a0, default_timeout=2.0) as gate:
         assert gate.check(action=ALLOWED_ACTION, resource=TICKET).allowed
-        assert gate._consumer is not None
-        assert gate._consumer.raw.assignment() == {TopicPartition(topic, 0)}
+        assert consumer_assignment(gate) == {TopicPartition(topic, 0)}
         assert gate.check(action=ALLOWED_ACTION, resource=TICKET, agent_id=a1).allowed
-        assert gate._consumer.raw.assignment() == {TopicPartition(topic, 0),
-                                                   TopicPartition(topic, 1)}
+        assert consumer_assignment(gate) == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+
+
+def consumer_assignment(gate: Gate) -> set[TopicPartition]:
+    """The Kafka consumer's own assignment, read on the gate's loop (which owns it)."""
+    async def read() -> set[TopicPartition]:
+        consumer = gate._gate._consumer
+        assert consumer is not None
+        return set(consumer.raw.assignment())   # type: ignore[attr-defined]
+
+    return gate._runner.run(read(), 5.0)
 
 
 def test_adding_an_agent_keeps_in_flight_verdicts(gate_settings: Settings,
