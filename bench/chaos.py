@@ -497,7 +497,7 @@ class Broker:
     def start(self) -> str:
         if self.given:
             return self.given
-        from holdgate.localkafka import LocalKafka
+        from holdgate.cli.localkafka import LocalKafka
 
         self.tmp = Path(tempfile.mkdtemp(prefix="hg-chaos-kafka-"))
         self.kafka = LocalKafka(workdir=self.tmp)
