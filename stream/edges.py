@@ -33,7 +33,8 @@ import orjson
 
 from holdgate import reasons as rc
 from holdgate.errors import ValidationError
-from holdgate.events import MAX_RECORD_BYTES, Reason, Verdict, action_digest, decode_request_obj
+from holdgate.events import (MAX_RECORD_BYTES, Reason, action_digest, decode_request_obj,
+                             verdict_obj)
 from holdgate.routing import partition_for
 from holdgate.keys import Signer
 from holdgate.signing import sign_batch
@@ -221,7 +222,7 @@ def seal(decision: Decision, *, decided_at: float, ttl: float,
     An allow stays actionable for `ttl` seconds.  Left unsigned (replay,
     bench), no reader will act on it as an allow.
     """
-    verdict = Verdict(
+    obj = verdict_obj(
         request_id=decision.request_id, agent_id=decision.agent_id,
         decision=decision.decision, reasons=decision.reasons,
         policy_version=decision.policy_version, model_version=decision.model_version,
@@ -229,8 +230,7 @@ def seal(decision: Decision, *, decided_at: float, ttl: float,
         expires_at=decided_at + ttl if decision.allowed else decided_at,
         request=decision.request, seq=seq, awaiting=decision.awaiting,
         shadow=dict(decision.shadow) if decision.shadow is not None else None)
-    return Outgoing(decision.partition, decision.agent_id.encode(),
-                    orjson.dumps(verdict.to_obj()))
+    return Outgoing(decision.partition, decision.agent_id.encode(), orjson.dumps(obj))
 
 
 def sign_verdicts(signer: Signer, verdicts: list[Outgoing]) -> list[Outgoing]:
