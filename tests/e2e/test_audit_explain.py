@@ -1,9 +1,10 @@
 """`holdgate audit export|verify` and `holdgate explain` against a live history.
 
-One real worker decides allows, behavioural denies and a misrouted record (a
-MALFORMED deny that lands on another partition, without seq).  The exported
-audit file verifies with the public key alone, and every kind of tampering
-(an altered verdict or action byte, a removed, swapped or cut line) makes
+One real worker decides allows, behavioural denies, a burst it signs as one
+batch (Merkle proofs) and a misrouted record (a MALFORMED deny that lands on
+another partition, without seq).  The exported audit file verifies with the
+public key alone, and every kind of tampering (an altered verdict or action
+byte, a proof moved to another verdict, a removed, swapped or cut line) makes
 `audit verify` exit 1 naming the line and the reason.  `explain` reproduces
 recorded decisions from the history, and reports a local bundle whose text
 differs from the version the verdict names.
@@ -69,6 +70,7 @@ def history(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str,
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(emails, range(25)))
                 list(pool.map(reads, range(20)))
+        _burst(settings, "audit-bot-1", 6)       # one produce request: one signed batch
         misrouted = ActionRequest.create(agent_id="support-bot-1", action="tickets.read",
                                          resource={"type": "Ticket", "id": "T-1"})
         wrong = 1 - partition_for("support-bot-1", settings.partitions)
@@ -84,6 +86,31 @@ def history(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str,
     assert result.returncode == 0, result.stderr
     return {"settings": settings, "tmp": tmp, "recorded": recorded, "since": since,
             "audit": audit_file, "misrouted": misrouted.request_id}
+
+
+def _burst(settings: Settings, agent: str, n: int) -> None:
+    """n actions in one record batch: the worker decides and signs them as one batch."""
+    from kafka import KafkaProducer
+
+    from holdgate.events import encode
+
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=200)
+    for i in range(n):
+        req = ActionRequest.create(agent_id=agent, action="records.read",
+                                   resource={"type": "Record", "id": "web-analytics-2024"},
+                                   context={"burst": str(i)})
+        producer.send(settings.actions_topic, key=agent.encode(), value=encode(req),
+                      partition=partition_for(agent, settings.partitions))
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = [r for r in read_topic(settings, settings.verdicts_topic)
+                if b'"burst"' in (r.value or b"")]
+        if len(done) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the burst was not decided in time")
 
 
 # ------------------------------------------------------------------- audit --
@@ -123,6 +150,7 @@ def test_exported_audit_file_verifies(history: dict[str, Any]) -> None:
     unsequenced = [r for r in body if "seq" not in json.loads(
         base64.b64decode(r["verdict"]["value_b64"]))]
     assert len(unsequenced) == 1                              # the misrouted MALFORMED deny
+    assert sum("proof_b64" in r["verdict"] for r in body) >= 6  # the burst: batch-signed
     result = _cli(history["settings"], "audit", "verify", str(history["audit"]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == "" and "OK" in result.stderr
@@ -149,6 +177,18 @@ def test_altered_verdict_byte_fails_its_signature(history: dict[str, Any]) -> No
     result = _verify(history, lines, "altered-verdict.jsonl")
     assert result.returncode == 1
     assert "line 4: verdict signature: signature by ed25519:" in result.stdout, result.stdout
+
+
+def test_a_proof_moved_to_another_verdict_fails_its_signature(history: dict[str, Any]
+                                                              ) -> None:
+    lines = _records(history["audit"])
+    batched = [i for i, line in enumerate(lines) if b'"proof_b64"' in line]
+    a, b = json.loads(lines[batched[0]]), json.loads(lines[batched[1]])
+    a["verdict"]["proof_b64"] = b["verdict"]["proof_b64"]
+    lines[batched[0]] = orjson.dumps(a)
+    result = _verify(history, lines, "moved-proof.jsonl")
+    assert result.returncode == 1
+    assert f"line {batched[0] + 1}: verdict signature" in result.stderr + result.stdout
 
 
 def test_altered_action_byte_fails_its_digest(history: dict[str, Any]) -> None:
