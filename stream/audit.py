@@ -71,7 +71,7 @@ from typing import IO, Any
 import orjson
 
 from holdgate.settings import Settings
-from holdgate.signing import read_proof
+from holdgate.signing import KID_HEADER, SIG_HEADER, read_proof
 from holdgate.stream.logread import offset_bounds, open_consumer, partition_count, scan
 
 __all__ = ["FORMAT", "ExportSummary", "export_audit", "chain_start", "chain_next"]
@@ -144,8 +144,8 @@ def export_audit(settings: Settings, start: float, end: float, sink: IO[bytes], 
                 expected[rec.partition] = rec.offset + 1
                 value = rec.value or b""
                 digest, seq = _digest_and_seq(value)
-                sig = next((v for k, v in rec.headers if k == "hg-sig"), b"")
-                kid = next((v for k, v in rec.headers if k == "hg-kid"), b"")
+                sig = next((v for k, v in rec.headers if k == SIG_HEADER), b"")
+                kid = next((v for k, v in rec.headers if k == KID_HEADER), b"")
                 entry: dict[str, Any] = {
                     "partition": rec.partition, "offset": rec.offset,
                     "timestamp": rec.timestamp, "value_b64": _b64(value),

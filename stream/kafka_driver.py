@@ -70,7 +70,7 @@ from holdgate.stream.core import Snapshot
 from holdgate.stream.heap import settle
 from holdgate.stream.health import (BrokerWatch, bounded, lifecycle, release_producers,
                                    unless_set)
-from holdgate.stream.lane_batches import CLOSE_BOUND, LaneBatches
+from holdgate.stream.lane_batches import CLOSE_BOUND, LaneBatches, committing
 from holdgate.stream.lanes import Lane
 from holdgate.stream.metrics import DriverStats, WorkerMetrics
 from holdgate.stream.offsets import GroupOffsets
@@ -271,7 +271,7 @@ class KafkaDriver(LaneBatches):
         for lane in lanes:
             lane.ready = False            # no new batch starts; one committing finishes
             lane.backlog.clear()
-        busy = [lane.drain for lane in lanes if lane.drain is not None and not lane.drain.done()]
+        busy = committing(lanes)
         if busy:
             await asyncio.wait(busy)
         # what they committed goes to the group before they leave (best effort: the

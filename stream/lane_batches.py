@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from aiokafka import TopicPartition
 from aiokafka.errors import (InvalidProducerEpoch, ProducerFenced,
@@ -32,7 +32,7 @@ from holdgate.stream.health import lifecycle
 from holdgate.stream.lanes import Lane, LanePreparation
 from holdgate.stream.runner import BatchOutput
 
-__all__ = ["LaneBatches", "COMMIT_GRACE", "CLOSE_BOUND"]
+__all__ = ["LaneBatches", "COMMIT_GRACE", "CLOSE_BOUND", "committing"]
 
 log = logging.getLogger("holdgate.worker")
 
@@ -46,6 +46,11 @@ def _append_time(record: Any) -> float | None:
     if record.timestamp is None or record.timestamp_type != 1:
         return None
     return record.timestamp / 1000.0
+
+
+def committing(lanes: Iterable[Lane]) -> list[asyncio.Task[None]]:
+    """The drains of `lanes` still deciding or committing a batch."""
+    return [lane.drain for lane in lanes if lane.drain is not None and not lane.drain.done()]
 
 
 class LaneBatches(LanePreparation):
@@ -123,8 +128,7 @@ class LaneBatches(LanePreparation):
         Given up is a crash to Kafka: the transaction is aborted (bounded) or
         fenced by the next owner, nothing was applied locally, it is decided again.
         """
-        busy = [lane.drain for lane in self._lanes.values()
-                if lane.drain is not None and not lane.drain.done()]
+        busy = committing(self._lanes.values())
         if not busy:
             return
         _, pending = await asyncio.wait(busy, timeout=COMMIT_GRACE)

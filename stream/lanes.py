@@ -63,7 +63,7 @@ class Lane:
     in_txn: bool = False             # a batch transaction is open on producers[turn]
     task: asyncio.Task[None] | None = None          # preparing the lane
     sweep_due: float = 0.0
-    #: Records fetched while a batch commits: the lane's next batch (`KafkaDriver._drain`).
+    #: Records fetched while a batch commits: the lane's next batch (`LaneBatches._drain`).
     backlog: list[RawRecord] = field(default_factory=list)
     drain: asyncio.Task[None] | None = None         # deciding and committing the backlog
     throttled: bool = False          # paused in the consumer while the backlog is full

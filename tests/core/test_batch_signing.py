@@ -127,8 +127,8 @@ def test_a_tree_head_signature_never_passes_as_a_plain_record() -> None:
     root, _ = build(values)
     head = tree_head(4, root)
     assert head.startswith(TREE_HEAD_PREFIX)
-    [headers] = [sign_headers(SIGNER, head)]
-    assert "poses as a tree head" in (verify_record(TRUST, head, headers) or "")
+    assert "poses as a tree head" in (verify_record(TRUST, head, sign_headers(SIGNER, head))
+                                      or "")
 
 
 def test_remembered_heads_skip_the_check_but_never_pass_another_signature() -> None:
