@@ -111,7 +111,10 @@ def worker(settings: Settings, *, echo: str | None = None) -> Iterator[subproces
         [sys.executable, "-m", "holdgate", "worker"]
     log = open(Path(settings.datadir) / "worker.log", "wb")
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # cwd: the state folder, so a `holdgate/` folder in the caller's cwd (the repo root,
+    # under `./dev bench`) never shadows the installed package for `python -m`.
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=settings.datadir)
     try:
         yield proc
     finally:

@@ -37,7 +37,7 @@ def _start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "holdgate", "worker"],
                             env={**os.environ, **settings.to_env()},
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            cwd=settings.datadir, start_new_session=True)  # cwd: see common.worker
 
 
 async def _publish(settings: Settings, agents: list[str], n: int, t0: float) -> None:

@@ -345,8 +345,8 @@ class _Traffic(threading.Thread):
 def _cli(settings: Settings, *args: str) -> float:
     t = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "holdgate", *args], check=False, text=True,
-                          capture_output=True, timeout=120,
-                          env={**os.environ, **settings.to_env()})
+                          capture_output=True, timeout=120, cwd=settings.datadir,
+                          env={**os.environ, **settings.to_env()})   # cwd: see common.worker
     if done.returncode:
         raise SystemExit(f"holdgate {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return time.monotonic() - t
@@ -391,7 +391,8 @@ def convergence(bootstrap: str, *, rounds: int = 5, n_fleet: int = 16) -> dict[s
             prefix="hg-bench-swap-b-"))]):
         log = open(Path(ws.datadir) / "worker.log", "ab")  # noqa: SIM115 - the child's
         procs.append(subprocess.Popen([sys.executable, "-m", "holdgate", "worker"], stderr=log,
-                                      stdout=log, env={**os.environ, **ws.to_env()}))
+                                      stdout=log, env={**os.environ, **ws.to_env()},
+                                      cwd=ws.datadir))     # cwd: see common.worker
         print(f"  worker {i} pid {procs[-1].pid}, state in {ws.datadir}", flush=True)
     traffic = _Traffic(s, ["support-bot-1", "support-bot-2", *fleet])
     traffic.start()
