@@ -39,6 +39,7 @@ import orjson
 from holdgate import wire_json
 from holdgate.cedar_values import Reread, cedar_record
 from holdgate.errors import ValidationError
+from holdgate.fastinit import fast_init
 
 __all__ = [
     "SCHEMA_VERSION", "MAX_RECORD_BYTES", "Resource", "ActionRequest", "Reason",
@@ -63,6 +64,7 @@ _TYPE_RE = re.compile(r"[A-Z][A-Za-z0-9_]{0,63}")
 _ID_MAX = 256
 #: Context keys only the worker writes: an agent claiming them is refused.
 _RESERVED_CONTEXT = ("signals", "approval", "resource_trusted")
+_RESERVED_SET = frozenset(_RESERVED_CONTEXT)
 _REQUEST_FIELDS = frozenset({"schema_version", "request_id", "agent_id", "action", "resource",
                              "context", "occurred_at", "deadline"})
 _RESOURCE_FIELDS = frozenset({"type", "id", "attributes"})
@@ -93,6 +95,7 @@ def _require_time(obj: Mapping[str, Any], key: str, path: str) -> float:
     return float(value)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Resource:
     """The typed thing an action touches; `type` must be an entity type of the policy schema."""
@@ -106,9 +109,8 @@ class Resource:
         """Validate; ``wire``: ``obj`` came from orjson (see `ActionRequest.from_obj`)."""
         if not isinstance(obj, dict):
             raise _fail(path, "must be an object with type and id")
-        unknown = set(obj) - _RESOURCE_FIELDS
-        if unknown:
-            raise _fail(f"{path}.{sorted(unknown)[0]}", "unknown field")
+        if not _RESOURCE_FIELDS.issuperset(obj):
+            raise _fail(f"{path}.{sorted(set(obj) - _RESOURCE_FIELDS)[0]}", "unknown field")
         rtype = _require_str(obj, "type", f"{path}.type")
         if not _TYPE_RE.fullmatch(rtype):
             raise _fail(f"{path}.type", "must be a CamelCase entity type such as 'Invoice'")
@@ -127,6 +129,7 @@ class Resource:
         return {"type": self.type, "id": self.id, "attributes": self.attributes}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ActionRequest:
     """One intended action, published by the runtime *before* it executes."""
@@ -169,9 +172,8 @@ class ActionRequest:
         """
         if not isinstance(obj, dict):
             raise _fail("$", "must be a JSON object")
-        unknown = set(obj) - _REQUEST_FIELDS
-        if unknown:
-            raise _fail(sorted(unknown)[0], "unknown field")
+        if not _REQUEST_FIELDS.issuperset(obj):
+            raise _fail(sorted(set(obj) - _REQUEST_FIELDS)[0], "unknown field")
         version = obj.get("schema_version")
         if isinstance(version, bool) or version != SCHEMA_VERSION:
             raise _fail("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
@@ -192,10 +194,10 @@ class ActionRequest:
             context = {}
         elif not isinstance(context, dict):
             raise _fail("context", "must be a JSON object")
-        for reserved in _RESERVED_CONTEXT:
-            if reserved in context:
-                raise _fail(f"context.{reserved}", "is reserved: holdgate sets it itself "
-                                                   "(signals, verified approvals, trust)")
+        if context and not _RESERVED_SET.isdisjoint(context):
+            reserved = next(k for k in _RESERVED_CONTEXT if k in context)
+            raise _fail(f"context.{reserved}", "is reserved: holdgate sets it itself "
+                                               "(signals, verified approvals, trust)")
         context = cedar_record(context, "context", wire=wire)
         occurred_at = _require_time(obj, "occurred_at", "occurred_at")
         deadline = None

@@ -67,6 +67,7 @@ keys with ``has`` and compare request-supplied values against allow-lists.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -77,7 +78,6 @@ from holdgate import reasons as codes
 from holdgate.cedar_values import to_cedar
 from holdgate.events import ActionRequest, Decided, Decision, Reason
 from holdgate.policies.bundle import PRINCIPAL_TYPE, PolicyBundle
-from holdgate.policies.projection import bucket
 from holdgate.signals import SIGNAL_NAMES, ZERO_SIGNALS
 
 __all__ = ["SIGNAL_NAMES", "PolicyDecision", "PolicyEngine"]
@@ -278,8 +278,10 @@ class PolicyEngine:
         uid = (resource.type, resource.id)
         known = uid in self._known_uids
         get = signals.get
-        observed: tuple[Any, ...] = tuple(
-            bucket(cuts, int(get(name, 0))) for name, cuts in self._cuts)
+        # `projection.bucket`, inlined: a call per signal was a tenth of a cache hit.
+        observed: tuple[Any, ...] = tuple([
+            int(get(name, 0)) if cuts is None else bisect_right(cuts, int(get(name, 0)))
+            for name, cuts in self._cuts])
         if self._signal_names is None and not signals.keys() <= ZERO_SIGNALS.keys():
             # The whole record reaches Cedar, names holdgate does not compute included.
             observed += tuple(sorted((k, int(v)) for k, v in signals.items()

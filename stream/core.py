@@ -40,6 +40,7 @@ from typing import Any, Literal, Mapping, MutableMapping, Protocol, Sequence
 from holdgate import reasons as rc
 from holdgate.controls import Controls
 from holdgate.events import ActionRequest, Decided, Reason
+from holdgate.fastinit import fast_init
 from holdgate.models.state import AgentState, request_key
 from holdgate.routing import partition_for
 from holdgate.stream.marks import PartitionMarks
@@ -109,6 +110,7 @@ class Snapshot:
         return self.signals.model_version if self.signals is not None else None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Action:
     """A decoded, validated action and where and when it was recorded."""
@@ -122,6 +124,7 @@ class Action:
     decided_at: float | None = None   # replay: when the recorded verdict was decided
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decision(Decided):
     """One decision, before it is sealed into a signed wire verdict."""

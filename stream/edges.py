@@ -33,6 +33,7 @@ import orjson
 
 from holdgate import reasons as rc
 from holdgate.errors import ValidationError
+from holdgate.fastinit import fast_init
 from holdgate.events import (MAX_RECORD_BYTES, Reason, action_digest, decode_request_obj,
                              verdict_obj)
 from holdgate.routing import partition_for
@@ -54,6 +55,7 @@ _AGENT_ID_RE = re.compile(rb'"agent_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._:@/-]{0,1
 _AGENT_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """One action record exactly as it was read, from a topic or a history file."""
@@ -68,6 +70,7 @@ class RawRecord:
     headers: tuple[tuple[str, bytes], ...] = ()     # approvals: their signature
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A record to produce: a verdict goes to the partition where its agent listens."""
