@@ -415,15 +415,14 @@ class WorkerCtl:
         self._expect_exit = False
 
     def start(self) -> None:
+        from common import HOLDGATE
+
         env = {**os.environ, **self.settings.to_env()}
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== chaos: worker start at t={now() - self.t0:.1f}s =====\n".encode())
             log.flush()
-            # cwd: the state folder, so a `holdgate/` folder in the caller's cwd never shadows
-            # the installed package for `python -m`.
-            self.proc = subprocess.Popen([sys.executable, "-m", "holdgate", "worker"], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=self.settings.datadir, start_new_session=True)
+            self.proc = subprocess.Popen([*HOLDGATE, "worker"], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self._expect_exit = False
         self.lives.append(Life(self.proc.pid, now() - self.t0))
 

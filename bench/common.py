@@ -20,6 +20,11 @@ from holdgate.settings import Settings
 from holdgate.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent
+#: How a bench starts a holdgate child process.  ``-P``: never put the working
+#: directory on ``sys.path``; under `./dev bench` that is the repo root, whose source
+#: `holdgate/` folder (without stream/, models/, policies/, which only the installed
+#: package maps in) would shadow the installed package.
+HOLDGATE = [sys.executable, "-P", "-m", "holdgate"]
 RESULTS = ROOT / "results"
 
 
@@ -108,13 +113,10 @@ ECHOES = {"bare": "echo_bare.py", "faust": "echo_faust.py"}
 def worker(settings: Settings, *, echo: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A holdgate worker, or one of the echo floors ("bare" aiokafka, "faust")."""
     cmd = [sys.executable, str(ROOT / ECHOES[echo])] if echo else \
-        [sys.executable, "-m", "holdgate", "worker"]
+        [*HOLDGATE, "worker"]
     log = open(Path(settings.datadir) / "worker.log", "wb")
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-    # cwd: the state folder, so a `holdgate/` folder in the caller's cwd (the repo root,
-    # under `./dev bench`) never shadows the installed package for `python -m`.
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=settings.datadir)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:

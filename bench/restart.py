@@ -15,14 +15,13 @@ import asyncio
 import dataclasses
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from common import bench_settings, fleet_bundle
+from common import HOLDGATE, bench_settings, fleet_bundle
 from kafka import KafkaConsumer, TopicPartition
 
 from holdgate.client import Gate
@@ -34,10 +33,10 @@ from holdgate.settings import Settings
 def _start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     import os
 
-    return subprocess.Popen([sys.executable, "-m", "holdgate", "worker"],
+    return subprocess.Popen([*HOLDGATE, "worker"],
                             env={**os.environ, **settings.to_env()},
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            cwd=settings.datadir, start_new_session=True)  # cwd: see common.worker
+                            start_new_session=True)
 
 
 async def _publish(settings: Settings, agents: list[str], n: int, t0: float) -> None:

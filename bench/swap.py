@@ -34,7 +34,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import decide
-from common import bench_settings, fleet_bundle, pct
+from common import HOLDGATE, bench_settings, fleet_bundle, pct
 
 from holdgate import reasons as rc
 from holdgate.keys import Signer, generate_keypair
@@ -344,9 +343,9 @@ class _Traffic(threading.Thread):
 
 def _cli(settings: Settings, *args: str) -> float:
     t = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "holdgate", *args], check=False, text=True,
-                          capture_output=True, timeout=120, cwd=settings.datadir,
-                          env={**os.environ, **settings.to_env()})   # cwd: see common.worker
+    done = subprocess.run([*HOLDGATE, *args], check=False, text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, **settings.to_env()})
     if done.returncode:
         raise SystemExit(f"holdgate {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
     return time.monotonic() - t
@@ -390,9 +389,8 @@ def convergence(bootstrap: str, *, rounds: int = 5, n_fleet: int = 16) -> dict[s
     for i, ws in enumerate([s, dataclasses.replace(s, datadir=tempfile.mkdtemp(
             prefix="hg-bench-swap-b-"))]):
         log = open(Path(ws.datadir) / "worker.log", "ab")  # noqa: SIM115 - the child's
-        procs.append(subprocess.Popen([sys.executable, "-m", "holdgate", "worker"], stderr=log,
-                                      stdout=log, env={**os.environ, **ws.to_env()},
-                                      cwd=ws.datadir))     # cwd: see common.worker
+        procs.append(subprocess.Popen([*HOLDGATE, "worker"], stderr=log,
+                                      stdout=log, env={**os.environ, **ws.to_env()}))
         print(f"  worker {i} pid {procs[-1].pid}, state in {ws.datadir}", flush=True)
     traffic = _Traffic(s, ["support-bot-1", "support-bot-2", *fleet])
     traffic.start()

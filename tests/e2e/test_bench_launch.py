@@ -5,7 +5,8 @@
 in).  A child started there with ``python -m holdgate`` imported that folder and
 died on ``holdgate.policies``, so the hold, restart, swap and scale benches never
 got a verdict.  With the wheel installed (as `./dev test` does) this fails unless
-the bench starts its children elsewhere.
+the bench keeps the working directory off its children's ``sys.path``
+(`common.HOLDGATE`: ``python -P``).
 """
 from __future__ import annotations
 
