@@ -33,9 +33,9 @@ import orjson
 
 from holdgate import reasons as rc
 from holdgate.errors import ValidationError
-from holdgate.fastinit import fast_init
 from holdgate.events import (MAX_RECORD_BYTES, Reason, action_digest, decode_request_obj,
                              verdict_obj)
+from holdgate.fastinit import fast_init
 from holdgate.routing import partition_for
 from holdgate.keys import Signer
 from holdgate.signing import sign_batch
